@@ -1,0 +1,122 @@
+"""
+Times every attention path against full causal SDPA and flex_attention: forward, forward+backward, peak memory.
+
+    python bench/attention.py                  # one GPU, bf16, B=1 H=16 D=128, T in 4k/16k/64k, window 512/4096
+    python bench/attention.py --smoke          # tiny sizes, runs anywhere (checks the script, not speed)
+
+First it checks every path on the device, gradients included (flex_attention has no CPU backward, so this is
+where its gradients are verified), against the dense SDPA path in float32. Then one table row per
+(T, window, path): milliseconds, peak memory, and ratios to flex_attention and to full causal SDPA.
+"""
+import argparse
+import os
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from swa_attention import sliding_window_attention  # noqa: E402
+
+parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+parser.add_argument("--lengths", default="4096,16384,65536", help="sequence lengths T, comma-separated")
+parser.add_argument("--windows", default="512,4096", help="windows, comma-separated")
+parser.add_argument("--paths", default="auto,chunked,compiled,sdpa,flex", help="paths to time")
+parser.add_argument("--heads", type=int, default=16, help="query and key/value heads")
+parser.add_argument("--head-dim", type=int, default=128, help="head dimension")
+parser.add_argument("--iters", type=int, default=10, help="timed iterations per measurement")
+parser.add_argument("--smoke", action="store_true", help="tiny sizes on whatever device is present")
+args = parser.parse_args()
+
+device = "cuda" if torch.cuda.is_available() else "cpu"
+dtype = torch.bfloat16 if device == "cuda" else torch.float32
+if args.smoke:
+    args.lengths, args.windows, args.heads, args.head_dim, args.iters = "256", "32", 2, 16, 2
+    if device == "cpu":
+        args.paths = "auto,chunked,sdpa"  # flex and torch.compile on a CPU are slow to build and not what we time
+paths = args.paths.split(",")
+
+
+def sync():
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def measure(fn, backward):
+    """Median milliseconds of fn (and its backward) and the peak memory it reached, in GiB."""
+    def step():
+        out = fn()
+        if backward:
+            out.backward(grad)
+    step()
+    step()  # warm up: compilation, block masks, allocator
+    sync()
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    times = []
+    for _ in range(args.iters):
+        start = time.perf_counter()
+        step()
+        sync()
+        times.append((time.perf_counter() - start) * 1000)
+    peak = torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else float("nan")
+    return sorted(times)[len(times) // 2], peak
+
+
+# 1. Correctness on this device, gradients included.
+torch.manual_seed(0)
+B, Hq, Hkv, T, S, D = 2, 8, 2, 300, 337, 64
+q = torch.randn(B, Hq, T, D, device=device, requires_grad=True)
+k, v = (torch.randn(B, Hkv, S, D, device=device, requires_grad=True) for _ in range(2))
+docs = torch.zeros(B, S, dtype=torch.long, device=device)
+docs[0, 100:] = 1
+docs[1, :20] = -1
+print(f"device: {torch.cuda.get_device_name() if device == 'cuda' else 'cpu'}, torch {torch.__version__}")
+print("check against dense SDPA (float32, GQA 8/2, window 48, sinks 4, query offset 37, packed + padded rows):")
+g = torch.randn(B, Hq, T, D, device=device)
+want = sliding_window_attention(q, k, v, 48, 4, impl="sdpa", q_offset=S - T, doc_ids=docs)
+want_grads = torch.autograd.grad((want * g).sum(), (q, k, v))
+for impl in paths:
+    got = sliding_window_attention(q, k, v, 48, 4, impl=impl, q_offset=S - T, doc_ids=docs)
+    grads = torch.autograd.grad((got * g).sum(), (q, k, v))
+    err = max([(got - want).abs().max().item()] + [(a - b).abs().max().item() for a, b in zip(grads, want_grads)])
+    print(f"  {impl:9s} max |difference| (output and gradients) = {err:.2e}")
+    assert err < 2e-3, f"{impl} disagrees with the dense reference"
+
+# 2. Timings.
+print(f"\nB=1, H={args.heads}, D={args.head_dim}, {str(dtype).replace('torch.', '')}; ms are medians of {args.iters}")
+print(f"{'T':>6} {'window':>6} {'path':>10} | {'fwd ms':>8} {'fwd+bwd ms':>10} {'peak GiB':>8} | "
+      f"{'fwd/flex':>8} {'f+b/flex':>8} {'mem/flex':>8} | {'causal/fwd':>10} {'causal/f+b':>10}")
+for T in map(int, args.lengths.split(",")):
+    q = torch.randn(1, args.heads, T, args.head_dim, device=device, dtype=dtype, requires_grad=True)
+    k = torch.randn_like(q, requires_grad=True)
+    v = torch.randn_like(q, requires_grad=True)
+    grad = torch.randn_like(q)
+    causal = measure(lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True), False)[0], \
+        measure(lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True), True)[0]
+    print(f"{T:>6} {'full':>6} {'sdpa-causal':>10} | {causal[0]:>8.2f} {causal[1]:>10.2f}")
+    for window in map(int, args.windows.split(",")):
+        results = {}
+        for impl in paths:
+            run = lambda: sliding_window_attention(q, k, v, window, impl=impl)  # noqa: E731
+            try:
+                with torch.no_grad():
+                    fwd, peak = measure(run, False)
+                fb, _ = measure(run, True)
+                results[impl] = (fwd, fb, peak)
+            except torch.OutOfMemoryError:
+                results[impl] = None
+            q.grad = k.grad = v.grad = None
+            torch.cuda.empty_cache() if device == "cuda" else None
+        base = results.get("flex")
+        for impl, r in results.items():
+            if r is None:
+                print(f"{T:>6} {window:>6} {impl:>10} | out of memory")
+                continue
+            fwd, fb, peak = r
+            rel = (f"{fwd / base[0]:>8.2f} {fb / base[1]:>8.2f} {peak / base[2]:>8.2f}" if base
+                   else f"{'':>8} {'':>8} {'':>8}")
+            print(f"{T:>6} {window:>6} {impl:>10} | {fwd:>8.2f} {fb:>10.2f} {peak:>8.2f} | {rel} | "
+                  f"{causal[0] / fwd:>10.1f} {causal[1] / fb:>10.1f}")
+    del q, k, v, grad

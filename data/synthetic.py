@@ -1,0 +1,125 @@
+"""
+A controlled long-range task: the answer needs a number stated `gap` tokens before the question.
+
+Each problem states one variable at the top, then filler (neutral facts and distractor assignments to
+other variables), then a second variable and the question:
+
+    Let k = 37.
+    The lamp is green. Let q = 12. The river is cold. ...      <- at least `gap` tokens after "37"
+    Let w = 5.
+    What is k + w?
+
+with the solution "k = 37 and w = 5, so k + w = 37 + 5 = 42.\\n#### 42". A model whose attention window is
+shorter than the gap cannot see 37 when it answers (the distractors rule out guessing), so full and
+sliding-window attention can be compared on a CPU in minutes. Small gaps are mixed in so a weak model
+gets some reward early in RL.
+
+The gap is measured in tokens of a given tokenizer (default: characters, which equals tokens for the
+byte-level toy tokenizer). Train and test come from different seeds and test questions never occur in train.
+
+    python -m data.synthetic                                   # data/synthetic/{train,test}.jsonl
+    python -m data.synthetic --gaps 0,64,256,1024 --n-train 20000 --tokenizer ckpt/base   # gaps in that tokenizer
+
+Test: python -m pytest -q tests/test_synthetic.py
+"""
+
+import argparse
+import os
+import random
+
+NAMES = list("abcdefghjkmnpqrstuvwxyz")  # single letters; i, l and o are left out (look like digits)
+FACTS = [
+    "The lamp is green.", "The river is cold.", "A cat sleeps on the mat.", "The train leaves at noon.",
+    "Bread is baked in the morning.", "The door is painted blue.", "Birds sing in the garden.",
+    "The road is long and quiet.", "A cup of tea is on the table.", "The wind blows from the west.",
+]
+DEFAULT_GAPS = (0, 32, 128, 512)
+
+
+def count_tokens(text, tokenizer=None):
+    return len(text) if tokenizer is None else len(tokenizer.encode(text))
+
+
+def make_problem(rng, gap, tokenizer=None, max_value=99):
+    """One problem whose first value sits at least `gap` tokens before the end of the question."""
+    a, b, *others = rng.sample(NAMES, len(NAMES))
+    va, vb = rng.randint(0, max_value), rng.randint(0, max_value)
+    op = rng.choice("+-")
+    answer = va + vb if op == "+" else va - vb
+    head = f"Let {a} = {va}"
+
+    def filler_sentence():
+        if rng.random() < 0.5:
+            return rng.choice(FACTS)
+        return f"Let {rng.choice(others)} = {rng.randint(0, max_value)}."
+
+    filler = []
+    while True:
+        middle = "\n" + " ".join(filler) if filler else ""
+        question = f"{head}.{middle}\nLet {b} = {vb}.\nWhat is {a} {op} {b}?"
+        measured = count_tokens(question, tokenizer) - count_tokens(head, tokenizer)
+        if measured >= gap:
+            break
+        # add about enough sentences to cover the shortfall, then measure the whole text again
+        # (summing per-sentence counts is only an estimate: BPE merges across sentence boundaries)
+        short = gap - measured
+        while short > 0:
+            filler.append(filler_sentence())
+            short -= count_tokens(filler[-1], tokenizer) + 1
+    solution = f"{a} = {va} and {b} = {vb}, so {a} {op} {b} = {va} {op} {vb} = {answer}.\n#### {answer}"
+    return {"question": question, "solution": solution, "answer": str(answer), "gap": measured}
+
+
+def make_split(split, n, seed=0, gaps=DEFAULT_GAPS, tokenizer=None, exclude=()):
+    """n problems; problem i is determined by (seed, split, i), gaps cycle through `gaps`.
+    Questions in `exclude` (e.g. the test set) are skipped, so splits are disjoint by construction."""
+    exclude, rows, i = set(exclude), [], 0
+    while len(rows) < n:
+        rng = random.Random(f"swarr-synthetic:{seed}:{split}:{i}")  # str seeds are stable across runs
+        gap = gaps[i % len(gaps)]
+        row = make_problem(rng, gap, tokenizer)
+        i += 1
+        if row["question"] in exclude:
+            continue
+        exclude.add(row["question"])  # no duplicates inside a split either
+        rows.append({"id": f"synthetic-{split}-{seed}-{i - 1}", **row})
+    return rows
+
+
+def main():
+    from data.prepare import DATA_DIR, write_jsonl
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--n-train", type=int, default=5000, help="number of training problems")
+    parser.add_argument("--n-test", type=int, default=500, help="number of test problems")
+    parser.add_argument("--gaps", default=",".join(map(str, DEFAULT_GAPS)),
+                        help="comma-separated minimum gaps in tokens, cycled over problems (keep a small one)")
+    parser.add_argument("--seed", type=int, default=0, help="seed; train and test use distinct streams of it")
+    parser.add_argument("--tokenizer", default=None,
+                        help="checkpoint or tokenizer directory whose tokens measure the gap (default: characters)")
+    parser.add_argument("--out-dir", default=os.path.join(DATA_DIR, "synthetic"), help="output directory")
+    args = parser.parse_args()
+
+    try:
+        gaps = [int(g) for g in args.gaps.split(",")]
+    except ValueError:
+        raise SystemExit(f"error: --gaps must be comma-separated integers, got {args.gaps!r}")
+    if not gaps or min(gaps) < 0:
+        raise SystemExit("error: --gaps must be non-negative")
+    tokenizer = None
+    if args.tokenizer is not None:
+        from tokenizer import Tokenizer
+        if not os.path.exists(os.path.join(args.tokenizer, "tokenizer_config.json")):
+            raise SystemExit(f"error: no tokenizer_config.json in {args.tokenizer}")
+        tokenizer = Tokenizer.load(args.tokenizer)
+
+    test = make_split("test", args.n_test, args.seed, gaps, tokenizer)
+    train = make_split("train", args.n_train, args.seed, gaps, tokenizer, exclude={r["question"] for r in test})
+    for split, rows in (("train", train), ("test", test)):
+        path = os.path.join(args.out_dir, f"{split}.jsonl")
+        write_jsonl(path, rows)
+        print(f"synthetic/{split}: {len(rows):,} problems, gaps {sorted(set(gaps))} -> {path}")
+
+
+if __name__ == "__main__":
+    main()

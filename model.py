@@ -1,0 +1,464 @@
+"""
+A Llama/Qwen-family decoder-only transformer whose layers use sliding-window attention.
+
+One file: the config, the modules, the KV cache, sampling, and checkpoint save/load.
+Covered architectures: Llama (incl. Llama 3 rope scaling), Mistral, SmolLM2, Qwen2/2.5 (qkv bias),
+Qwen3 (q/k RMSNorm). Every layer is sliding-window (config.window, config.sinks) unless it is listed in
+config.full_layers, so a hybrid model is one config line. window=None is plain full attention.
+
+Generation keeps, per sliding-window layer, a ring buffer of window + sinks key/value slots, so memory stays
+constant however long the output; full-attention layers keep a full cache.
+
+Try it (a tiny random model on the CPU):
+    python model.py
+"""
+import json
+import math
+import os
+import shutil
+import subprocess
+from dataclasses import asdict, dataclass, field, fields
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+
+from swa_attention import document_starts, sliding_window_attention
+
+
+@dataclass
+class Config:
+    vocab_size: int = 259
+    dim: int = 64
+    n_layers: int = 2
+    n_heads: int = 4
+    n_kv_heads: int = 2
+    head_dim: int | None = None  # None: dim // n_heads
+    hidden_dim: int = 176  # SwiGLU inner size
+    norm_eps: float = 1e-5
+    rope_theta: float = 10000.0
+    rope_scaling: dict | None = None  # Llama 3: factor, low_freq_factor, high_freq_factor, original_max_position_embeddings
+    tie_embeddings: bool = True
+    qkv_bias: bool = False  # Qwen2
+    qk_norm: bool = False  # Qwen3
+    window: int | None = None  # keys each query sees, itself included; None = full attention
+    sinks: int = 0  # first tokens every query keeps seeing
+    full_layers: list = field(default_factory=list)  # layers that keep full attention
+    attn_impl: str = "auto"  # see swa_attention.py
+
+    def __post_init__(self):
+        if self.head_dim is None:
+            self.head_dim = self.dim // self.n_heads
+        if self.window is not None and self.window < 1:
+            raise ValueError(f"window must be >= 1 or none, got {self.window}")
+        if self.sinks < 0:
+            raise ValueError(f"sinks must be >= 0, got {self.sinks}")
+        if self.n_heads % self.n_kv_heads:
+            raise ValueError(f"n_heads ({self.n_heads}) must be a multiple of n_kv_heads ({self.n_kv_heads})")
+        bad = [i for i in self.full_layers if not 0 <= i < self.n_layers]
+        if bad:
+            raise ValueError(f"full_layers {bad} out of range for {self.n_layers} layers")
+
+    def layer_window(self, layer):
+        return None if layer in self.full_layers else self.window
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim, eps):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x):
+        # Normalise in float32, as the pretrained models did, whatever the activation dtype.
+        y = x.float() * torch.rsqrt(x.float().pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * y.to(x.dtype)
+
+
+def rope_frequencies(config):
+    """Inverse frequencies of the rotary embedding, with Llama 3's long-context rescaling when configured."""
+    inv_freq = 1.0 / (config.rope_theta ** (torch.arange(0, config.head_dim, 2, dtype=torch.float64) / config.head_dim))
+    s = config.rope_scaling
+    if s is None:
+        return inv_freq.float()
+    if s.get("rope_type", "llama3") != "llama3":
+        raise ValueError(f"unsupported rope scaling {s.get('rope_type')!r} (supported: llama3)")
+    old_len = s["original_max_position_embeddings"]
+    wavelen = 2 * math.pi / inv_freq
+    # Long wavelengths are stretched by `factor`, short ones kept, the band between interpolated smoothly.
+    smooth = ((old_len / wavelen - s["low_freq_factor"]) / (s["high_freq_factor"] - s["low_freq_factor"])).clamp(0, 1)
+    scaled = (1 - smooth) * inv_freq / s["factor"] + smooth * inv_freq
+    return scaled.float()
+
+
+def apply_rope(x, cos, sin):
+    """Rotate-half RoPE (Hugging Face layout): pairs are (x[i], x[i + D/2])."""
+    x1, x2 = x.chunk(2, dim=-1)
+    return (x * cos + torch.cat([-x2, x1], dim=-1) * sin).to(x.dtype)
+
+
+class LayerCache:
+    """Keys and values one layer keeps during generation.
+
+    Position p lives in slot p for full layers. Sliding-window layers keep `sinks` fixed slots plus a ring of
+    `window` slots (slot sinks + (p - sinks) % window). `positions` records what each slot holds (-1: empty),
+    which is all the attention mask needs. One extra slot at the end receives writes that must be dropped.
+    """
+
+    def __init__(self, batch, n_kv_heads, head_dim, window, sinks, max_len, dtype, device):
+        self.window, self.sinks = window, sinks
+        self.ring = window is not None and window + sinks < max_len
+        self.n_slots = window + sinks if self.ring else max_len
+        self.k = torch.zeros(batch, n_kv_heads, self.n_slots + 1, head_dim, dtype=dtype, device=device)
+        self.v = torch.zeros_like(self.k)
+        self.positions = torch.full((batch, self.n_slots + 1), -1, dtype=torch.long, device=device)
+        self.empty = True
+
+    def attend(self, q, k, v, positions):
+        """Attention of new queries over the cached keys plus the new keys, then store the new keys."""
+        keys = torch.cat([self.k, k], dim=2)
+        values = torch.cat([self.v, v], dim=2)
+        kpos = torch.cat([self.positions, positions], dim=1)[:, None, :]
+        qpos = positions[:, :, None]
+        allowed = (kpos >= 0) & (kpos <= qpos)
+        if self.window is not None:
+            allowed &= (qpos - kpos < self.window) | (kpos < self.sinks)
+        has_keys = allowed.any(-1, keepdim=True)
+        out = F.scaled_dot_product_attention(q, keys, values, attn_mask=(allowed | ~has_keys)[:, None],
+                                             enable_gqa=q.shape[1] != k.shape[1])
+        self.store(k, v, positions)
+        return out * has_keys[:, None]
+
+    def store(self, k, v, positions):
+        slots = positions.clamp(min=0)
+        keep = positions >= 0
+        if self.ring:
+            slots = torch.where(slots < self.sinks, slots, self.sinks + (slots - self.sinks) % self.window)
+            # Of a chunk longer than the ring, only the last `window` tokens (and the sinks) survive.
+            last = positions.max(dim=1, keepdim=True).values
+            keep &= (positions < self.sinks) | (positions > last - self.window)
+        slots = torch.where(keep, slots, self.n_slots)
+        rows = torch.arange(k.shape[0], device=k.device)[:, None].expand_as(slots)
+        self.k[rows, :, slots] = k.transpose(1, 2)
+        self.v[rows, :, slots] = v.transpose(1, 2)
+        self.positions[rows, slots] = positions
+        self.positions[:, self.n_slots] = -1
+        self.empty = False
+
+
+class Cache:
+    """Per-layer caches plus how many real tokens each row has seen (rows are left-padded)."""
+
+    def __init__(self, config, batch, max_len, dtype, device):
+        self.layers = [LayerCache(batch, config.n_kv_heads, config.head_dim, config.layer_window(i), config.sinks,
+                                  max_len, dtype, device) for i in range(config.n_layers)]
+        self.seen = torch.zeros(batch, dtype=torch.long, device=device)
+
+
+class Attention(nn.Module):
+    def __init__(self, config, layer):
+        super().__init__()
+        c = config
+        self.n_heads, self.n_kv_heads, self.head_dim = c.n_heads, c.n_kv_heads, c.head_dim
+        self.window, self.sinks, self.impl = c.layer_window(layer), c.sinks, c.attn_impl
+        self.q_proj = nn.Linear(c.dim, c.n_heads * c.head_dim, bias=c.qkv_bias)
+        self.k_proj = nn.Linear(c.dim, c.n_kv_heads * c.head_dim, bias=c.qkv_bias)
+        self.v_proj = nn.Linear(c.dim, c.n_kv_heads * c.head_dim, bias=c.qkv_bias)
+        self.o_proj = nn.Linear(c.n_heads * c.head_dim, c.dim, bias=False)
+        if c.qk_norm:
+            self.q_norm = RMSNorm(c.head_dim, c.norm_eps)
+            self.k_norm = RMSNorm(c.head_dim, c.norm_eps)
+
+    def forward(self, x, cos, sin, doc_ids, positions, cache):
+        B, T, _ = x.shape
+        q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
+        k = self.k_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        v = self.v_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        if hasattr(self, "q_norm"):
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if cache is None:
+            y = sliding_window_attention(q, k, v, self.window, self.sinks, self.impl, doc_ids=doc_ids)
+        elif cache.empty:
+            # First chunk (the prompt): the fast path over the chunk alone, then fill the cache.
+            y = sliding_window_attention(q, k, v, self.window, self.sinks, self.impl, doc_ids=doc_ids)
+            cache.store(k, v, positions)
+        else:
+            y = cache.attend(q, k, v, positions)
+        return self.o_proj(y.transpose(1, 2).reshape(B, T, -1))
+
+
+class MLP(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.gate_proj = nn.Linear(config.dim, config.hidden_dim, bias=False)
+        self.up_proj = nn.Linear(config.dim, config.hidden_dim, bias=False)
+        self.down_proj = nn.Linear(config.hidden_dim, config.dim, bias=False)
+
+    def forward(self, x):
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class Block(nn.Module):
+    def __init__(self, config, layer):
+        super().__init__()
+        self.input_layernorm = RMSNorm(config.dim, config.norm_eps)
+        self.self_attn = Attention(config, layer)
+        self.post_attention_layernorm = RMSNorm(config.dim, config.norm_eps)
+        self.mlp = MLP(config)
+
+    def forward(self, x, cos, sin, doc_ids, positions, cache):
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, doc_ids, positions, cache)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class Transformer(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.dim)
+        self.layers = nn.ModuleList(Block(config, i) for i in range(config.n_layers))
+        self.norm = RMSNorm(config.dim, config.norm_eps)
+        if not config.tie_embeddings:
+            self.lm_head = nn.Linear(config.dim, config.vocab_size, bias=False)
+        self.register_buffer("inv_freq", rope_frequencies(config), persistent=False)
+        self.gradient_checkpointing = False
+
+    def init_weights(self, seed=0):
+        """Random initialisation for models trained from scratch (tests, benchmarks)."""
+        g = torch.Generator().manual_seed(seed)
+        for name, p in self.named_parameters():
+            if name.endswith("norm.weight"):
+                nn.init.ones_(p)
+            elif name.endswith("bias"):
+                nn.init.zeros_(p)
+            else:
+                p.data.copy_(torch.randn(p.shape, generator=g) * 0.02)
+        return self
+
+    def forward(self, idx, doc_ids=None, cache=None):
+        """idx (B, T) token ids -> logits (B, T, vocab) in float32.
+
+        doc_ids (B, T): document id of each token, -1 for padding; positions restart in each document.
+        cache: a Cache when generating; rows may be left-padded (doc id -1) in the first chunk.
+        """
+        B, T = idx.shape
+        if cache is not None:
+            real = torch.ones_like(idx, dtype=torch.bool) if doc_ids is None else doc_ids >= 0
+            positions = torch.where(real, cache.seen[:, None] + real.cumsum(1) - 1, -1)
+            cache.seen += real.sum(1)
+        elif doc_ids is not None:
+            positions = torch.arange(T, device=idx.device) - document_starts(doc_ids)
+        else:
+            positions = torch.arange(T, device=idx.device).expand(B, T)
+        angles = positions.clamp(min=0)[:, None, :, None].float() * self.inv_freq
+        cos, sin = torch.cat([angles.cos()] * 2, -1), torch.cat([angles.sin()] * 2, -1)
+        x = self.embed_tokens(idx)
+        for i, layer in enumerate(self.layers):
+            layer_cache = None if cache is None else cache.layers[i]
+            if self.gradient_checkpointing and self.training:
+                x = torch.utils.checkpoint.checkpoint(layer, x, cos, sin, doc_ids, positions, None, use_reentrant=False)
+            else:
+                x = layer(x, cos, sin, doc_ids, positions, layer_cache)
+        x = self.norm(x)
+        head = self.embed_tokens.weight if self.config.tie_embeddings else self.lm_head.weight
+        return F.linear(x, head).float()
+
+    def make_cache(self, batch, max_len):
+        return Cache(self.config, batch, max_len, self.embed_tokens.weight.dtype, self.embed_tokens.weight.device)
+
+    def set_window(self, window, sinks=None):
+        """Change the attention window of every sliding-window layer (weights are unchanged)."""
+        c = self.config
+        c.window = window
+        c.sinks = c.sinks if sinks is None else sinks
+        c.__post_init__()
+        for i, layer in enumerate(self.layers):
+            layer.self_attn.window, layer.self_attn.sinks = c.layer_window(i), c.sinks
+
+    def num_params(self):
+        return sum(p.numel() for p in self.parameters())
+
+    def flops_per_token(self, seq_len):
+        """Training FLOPs per token (forward + backward): 6 per weight plus the attention scores actually computed."""
+        c = self.config
+        # The embedding lookup costs nothing; the output head is a matmul (the same weights when tied).
+        weights = self.num_params() - (0 if c.tie_embeddings else c.vocab_size * c.dim)
+        attn = 0
+        for i in range(c.n_layers):
+            w = c.layer_window(i)
+            keys = seq_len / 2 if w is None or w >= seq_len else w
+            attn += 12 * c.n_heads * c.head_dim * keys
+        return 6 * weights + attn
+
+
+def sample_next(logits, temperature, top_k, top_p, generator):
+    """Pick one token per row. Returns (tokens, log-probabilities under softmax(logits / temperature))."""
+    logprobs = F.log_softmax(logits / (temperature if temperature > 0 else 1.0), dim=-1)
+    if temperature <= 0:
+        tokens = logits.argmax(-1)
+    else:
+        filtered = logprobs.clone()
+        if top_k:
+            kth = filtered.topk(min(top_k, filtered.shape[-1]), dim=-1).values[:, -1:]
+            filtered[filtered < kth] = float("-inf")
+        if top_p is not None and top_p < 1.0:
+            sorted_lp, order = filtered.sort(dim=-1, descending=True)
+            cum = sorted_lp.softmax(-1).cumsum(-1)
+            drop = cum - sorted_lp.softmax(-1) > top_p  # keep the smallest prefix whose mass reaches top_p
+            filtered.scatter_(-1, order, sorted_lp.masked_fill(drop, float("-inf")))
+        tokens = torch.multinomial(filtered.softmax(-1), 1, generator=generator).squeeze(-1)
+    return tokens, logprobs.gather(-1, tokens[:, None]).squeeze(-1)
+
+
+@torch.no_grad()
+def generate(model, prompts, max_new_tokens, temperature=0.0, top_k=None, top_p=None, stop_tokens=(), generator=None):
+    """Batched sampling from left-padded prompts through the KV cache. Each row stops on its own at a stop
+    token (which is kept) or after max_new_tokens. Returns (tokens, logprobs), lists of lists per row."""
+    device = model.embed_tokens.weight.device
+    B, longest = len(prompts), max(len(p) for p in prompts)
+    idx = torch.zeros(B, longest, dtype=torch.long, device=device)
+    doc_ids = torch.full((B, longest), -1, dtype=torch.long, device=device)
+    for row, p in enumerate(prompts):
+        idx[row, longest - len(p):] = torch.tensor(p, dtype=torch.long)
+        doc_ids[row, longest - len(p):] = 0
+    cache = model.make_cache(B, longest + max_new_tokens)
+    logits = model(idx, doc_ids=doc_ids, cache=cache)[:, -1]
+    stop = torch.tensor(list(stop_tokens), dtype=torch.long, device=device)
+    done = torch.zeros(B, dtype=torch.bool, device=device)
+    tokens, logprobs = [], []
+    for _ in range(max_new_tokens):
+        next_tokens, next_logprobs = sample_next(logits, temperature, top_k, top_p, generator)
+        tokens.append(next_tokens)
+        logprobs.append(next_logprobs)
+        active = ~done
+        done = done | torch.isin(next_tokens, stop)
+        if done.all():
+            break
+        # Finished rows are fed as padding: they write nothing to the cache.
+        logits = model(next_tokens[:, None], doc_ids=torch.where(active, 0, -1)[:, None], cache=cache)[:, -1]
+    tokens = torch.stack(tokens, 1).tolist() if tokens else [[] for _ in range(B)]
+    logprobs = torch.stack(logprobs, 1).tolist() if logprobs else [[] for _ in range(B)]
+    stops = set(stop_tokens)
+    for row in range(B):
+        end = next((t + 1 for t, tok in enumerate(tokens[row]) if tok in stops), len(tokens[row]))
+        tokens[row], logprobs[row] = tokens[row][:end], logprobs[row][:end]
+    return tokens, logprobs
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Checkpoints: a directory with config.json, model.safetensors (or shards + index), tokenizer files, meta.json.
+
+SHARD_BYTES = 2 * 1024**3
+
+
+def git_commit():
+    try:
+        here = os.path.dirname(os.path.abspath(__file__))
+        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True,
+                              timeout=10).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def save_checkpoint(out_dir, model, tokenizer, meta, shard_bytes=SHARD_BYTES):
+    """Write a checkpoint atomically: everything goes to a temporary sibling directory that is renamed into
+    place only when complete, so an interrupted save never leaves a directory that loads."""
+    out_dir = os.path.abspath(out_dir)
+    tmp = f"{out_dir}.tmp{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
+    with open(os.path.join(tmp, "config.json"), "w") as f:
+        json.dump(asdict(model.config), f, indent=1)
+    tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    shards, current, size = [], {}, 0
+    for name, t in tensors.items():
+        if current and size + t.numel() * t.element_size() > shard_bytes:
+            shards.append(current)
+            current, size = {}, 0
+        current[name] = t
+        size += t.numel() * t.element_size()
+    shards.append(current)
+    if len(shards) == 1:
+        save_file(shards[0], os.path.join(tmp, "model.safetensors"))
+    else:
+        weight_map = {}
+        for i, shard in enumerate(shards):
+            fname = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+            save_file(shard, os.path.join(tmp, fname))
+            weight_map.update({name: fname for name in shard})
+        with open(os.path.join(tmp, "model.safetensors.index.json"), "w") as f:
+            json.dump({"weight_map": weight_map}, f, indent=1)
+    tokenizer.save(tmp)
+    with open(os.path.join(tmp, "meta.json"), "w") as f:
+        json.dump({"commit": git_commit(), **meta}, f, indent=1, default=str)
+    if os.path.exists(out_dir):  # replacing an earlier checkpoint of the same run
+        old = f"{out_dir}.old{os.getpid()}"
+        os.rename(out_dir, old)
+        os.rename(tmp, out_dir)
+        shutil.rmtree(old)
+    else:
+        os.makedirs(os.path.dirname(out_dir), exist_ok=True)
+        os.rename(tmp, out_dir)
+
+
+def load_checkpoint(path, device="cpu", dtype=None):
+    """Load (model, tokenizer, meta). A bad directory raises ValueError with one line saying what is wrong."""
+    from tokenizer import Tokenizer
+    if not os.path.isdir(path):
+        raise ValueError(f"checkpoint directory {path} does not exist")
+    for required in ("config.json", "meta.json", "tokenizer_config.json", "tokenizer.tiktoken"):
+        if not os.path.isfile(os.path.join(path, required)):
+            raise ValueError(f"checkpoint {path} is missing {required}")
+    with open(os.path.join(path, "config.json")) as f:
+        raw = json.load(f)
+    unknown = set(raw) - {f.name for f in fields(Config)}
+    if unknown:
+        raise ValueError(f"checkpoint {path}: config.json has unknown keys {sorted(unknown)}")
+    config = Config(**raw)
+    index = os.path.join(path, "model.safetensors.index.json")
+    if os.path.isfile(index):
+        with open(index) as f:
+            files = sorted(set(json.load(f)["weight_map"].values()))
+    else:
+        files = ["model.safetensors"]
+    state = {}
+    for fname in files:
+        fpath = os.path.join(path, fname)
+        if not os.path.isfile(fpath):
+            raise ValueError(f"checkpoint {path} is missing weights file {fname}")
+        state.update(load_file(fpath))
+    with torch.device("meta"):
+        model = Transformer(config)
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    missing = sorted(set(expected) - set(state))
+    extra = sorted(set(state) - set(expected))
+    if missing or extra:
+        raise ValueError(f"checkpoint {path}: weights do not match config (missing {missing[:3]}, unexpected {extra[:3]})")
+    for k, shape in expected.items():
+        if tuple(state[k].shape) != shape:
+            raise ValueError(f"checkpoint {path}: {k} has shape {tuple(state[k].shape)}, config expects {shape}")
+    model.load_state_dict(state, assign=True)
+    model.inv_freq = rope_frequencies(config)
+    model.to(device=device, dtype=dtype)
+    tokenizer = Tokenizer.load(path)
+    if tokenizer.vocab_size > config.vocab_size:
+        raise ValueError(f"checkpoint {path}: tokenizer has {tokenizer.vocab_size} tokens but the model only {config.vocab_size}")
+    with open(os.path.join(path, "meta.json")) as f:
+        meta = json.load(f)
+    return model, tokenizer, meta
+
+
+if __name__ == "__main__":
+    from tokenizer import toy_tokenizer
+    torch.manual_seed(0)
+    tok = toy_tokenizer()
+    model = Transformer(Config(vocab_size=tok.vocab_size, window=16, sinks=2)).init_weights().eval()
+    prompt, _ = tok.encode_chat([{"role": "user", "content": "What is 2 + 3?"}], add_generation_prompt=True)
+    logits = model(torch.tensor([prompt]))
+    print(f"toy model: {model.num_params():,} parameters, window {model.config.window}, sinks {model.config.sinks}")
+    print(f"forward: logits {tuple(logits.shape)}")
+    tokens, logprobs = generate(model, [prompt], max_new_tokens=40, temperature=1.0, stop_tokens=tok.stop_tokens,
+                                generator=torch.Generator().manual_seed(0))
+    print(f"generated {len(tokens[0])} tokens (random weights, so random bytes): {tok.decode(tokens[0])!r}")

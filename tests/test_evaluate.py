@@ -1,0 +1,134 @@
+"""
+Tests for evaluate.py on a tiny random model and a handful of synthetic problems: end to end, output files,
+resume, window override, and the pass@k estimator.
+
+    python -m pytest -q tests/test_evaluate.py
+"""
+import json
+import math
+import sys
+
+import pytest
+
+import evaluate
+from data.prepare import write_jsonl
+from data.synthetic import make_split
+from model import Config, Transformer, save_checkpoint
+from tokenizer import toy_tokenizer
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("eval")
+    tok = toy_tokenizer()
+    model = Transformer(Config(vocab_size=tok.vocab_size, dim=32, n_layers=1, n_heads=2, n_kv_heads=1,
+                               hidden_dim=64, window=16, sinks=2)).init_weights(seed=0)
+    save_checkpoint(tmp / "tiny", model, tok, {"stage": "test"})
+    test = make_split("test", 5, gaps=(0, 20))
+    write_jsonl(str(tmp / "data" / "synthetic" / "test.jsonl"), test)
+    write_jsonl(str(tmp / "data" / "synthetic" / "train.jsonl"), make_split("train", 5, gaps=(0,)))
+    return tmp, model, tok, test
+
+
+def run_cli(tmp, *extra):
+    """Run evaluate.py's main() in this process (a subprocess would pay torch's import time on every call)."""
+    argv = ["evaluate.py", "--ckpt", str(tmp / "tiny"), "--tasks", "synthetic", "--data-dir", str(tmp / "data"),
+            "--out-dir", str(tmp / "out"), "--max-new-tokens", "12", "--batch-size", "4", *extra]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(sys, "argv", argv)
+        evaluate.main()
+
+
+def read_records(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_cli_end_to_end_and_resume(setup, capsys):
+    tmp, _, _, test = setup
+    results = tmp / "out" / "tiny" / "synthetic.jsonl"
+    run_cli(tmp, "--limit", "3")
+    records = read_records(results)
+    assert sorted(r["id"] for r in records) == sorted(r["id"] for r in test[:3])
+    assert {"prompt", "completions", "answers", "correct"} <= set(records[0])
+    summary = json.loads((tmp / "out" / "summary.json").read_text())
+    assert summary["tiny"]["tasks"]["synthetic"]["n_problems"] == 3
+    assert "| tiny |" in (tmp / "out" / "summary.md").read_text()
+
+    capsys.readouterr()
+    run_cli(tmp, "--limit", "3")  # everything is already there: no generation at all
+    assert "generated_tokens 0" in capsys.readouterr().out
+    assert len(read_records(results)) == 3
+
+    run_cli(tmp)  # the remaining two problems only
+    assert sorted(r["id"] for r in read_records(results)) == sorted(r["id"] for r in test)
+
+    with pytest.raises(SystemExit, match="error: .*settings"):  # other settings never mix into old results
+        run_cli(tmp, "--max-new-tokens", "5")
+
+
+def test_cli_window_override_few_shot_and_bad_args(setup):
+    tmp = setup[0]
+    run_cli(tmp, "--window", "none", "--sinks", "0", "--few-shot", "2", "--limit", "2")
+    records = read_records(tmp / "out" / "tiny-windowNone-sinks0" / "synthetic.jsonl")
+    assert records[0]["settings"]["window"] is None and records[0]["prompt"].count("<|im_start|>user") == 3
+    with pytest.raises(SystemExit, match="error: --window"):
+        run_cli(tmp, "--window", "abc")
+    with pytest.raises(SystemExit, match="error: .*not found"):
+        run_cli(tmp, "--tasks", "gsm8k", "--data-dir", str(tmp / "nowhere"))
+
+
+def test_evaluate_task_sampling_in_process(setup, tmp_path):
+    _, model, tok, test = setup
+    model.train()
+    m = evaluate.evaluate_task(model, tok, test[:2], max_new_tokens=8, batch_size=4, samples=4, temperature=1.0,
+                               out_path=str(tmp_path / "r.jsonl"), progress=False)
+    assert model.training  # training mode is restored for the caller (sft.py / rl.py)
+    assert m["n_problems"] == 2 and 0.0 <= m["accuracy"] <= 1.0
+    assert {"pass@1", "pass@2", "pass@4", "maj@4"} <= set(m)
+    assert m["generated_tokens"] > 0
+    records = [json.loads(line) for line in (tmp_path / "r.jsonl").read_text().splitlines()]
+    assert all(len(r["completions"]) == 4 for r in records)
+
+
+def test_correct_completion_scores_one(setup, monkeypatch):
+    """Scoring path: a model that 'answers' with the reference gets accuracy 1."""
+    _, model, tok, test = setup
+
+    def fake_generate(model, prompts, max_new_tokens, **kw):
+        return [tok.encode(f"#### {test[0]['answer']}") + [tok.eot_id] for _ in prompts], None
+
+    monkeypatch.setattr(evaluate, "generate", fake_generate)
+    m = evaluate.evaluate_task(model, tok, test[:1], progress=False)
+    assert m["accuracy"] == 1.0 and m["truncated"] == 0.0
+
+
+@pytest.mark.parametrize("n,c,k", [(5, 0, 1), (5, 5, 3), (5, 1, 1), (5, 2, 2), (10, 3, 4), (4, 1, 4)])
+def test_pass_at_k(n, c, k):
+    # by hand: probability that k draws without replacement include at least one correct sample
+    p_all_wrong = math.prod((n - c - i) / (n - i) for i in range(k))
+    assert evaluate.pass_at_k(n, c, k) == pytest.approx(1 - p_all_wrong)
+
+
+def test_pass_at_k_values():
+    assert evaluate.pass_at_k(5, 1, 1) == pytest.approx(0.2)
+    assert evaluate.pass_at_k(5, 2, 2) == pytest.approx(1 - 3 / 10)  # C(3,2)/C(5,2)
+    assert evaluate.pass_at_k(4, 1, 4) == 1.0
+    assert evaluate.pass_at_k(5, 0, 3) == 0.0
+
+
+def test_partial_last_line_is_dropped(tmp_path):
+    path = tmp_path / "r.jsonl"
+    path.write_text('{"id": "a", "settings": {}, "correct": [true], "majority_correct": true, '
+                    '"completion_tokens": [3], "finished": [true]}\n{"id": "b", "sett')
+    assert [r["id"] for r in evaluate.read_results(str(path))] == ["a"]
+    assert path.read_text().endswith("}\n")
+
+
+def test_load_jsonl_errors(tmp_path):
+    from data.prepare import load_jsonl
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"id": 1, "question": "q", "solution": "s", "answer": "1"}\n{oops\n')
+    with pytest.raises(SystemExit, match=r"bad.jsonl:2: malformed JSON"):
+        load_jsonl(bad)
+    bad.write_text('{"id": 1, "question": "q"}\n')
+    with pytest.raises(SystemExit, match=r"bad.jsonl:1: missing field\(s\) solution, answer"):
+        load_jsonl(bad)

@@ -1,0 +1,77 @@
+"""
+Tests for data/synthetic.py: determinism, disjoint splits, checkable answers, gaps honoured.
+
+    python -m pytest -q tests/test_synthetic.py
+"""
+import json
+import re
+import subprocess
+import sys
+
+from data.answers import is_correct
+from data.prepare import load_jsonl
+from data.synthetic import make_split
+from tokenizer import toy_tokenizer
+
+GAPS = (0, 16, 64, 300)
+
+
+def test_deterministic():
+    assert make_split("train", 20, seed=3, gaps=GAPS) == make_split("train", 20, seed=3, gaps=GAPS)
+    assert make_split("train", 20, seed=3, gaps=GAPS) != make_split("train", 20, seed=4, gaps=GAPS)
+
+
+def test_splits_disjoint():
+    test = make_split("test", 200, gaps=(0,))  # gap 0 has the fewest distinct questions: worst case
+    train = make_split("train", 2000, gaps=(0,), exclude={r["question"] for r in test})
+    questions = [r["question"] for r in train]
+    assert len(set(questions)) == len(questions)
+    assert not set(questions) & {r["question"] for r in test}
+    assert not {r["id"] for r in train} & {r["id"] for r in test}
+
+
+def test_solutions_are_correct_and_wrong_answers_are_not():
+    for r in make_split("train", 40, gaps=GAPS):
+        assert set(r) >= {"id", "question", "solution", "answer"}
+        assert is_correct(r["solution"], r["answer"])
+        assert not is_correct(f"#### {int(r['answer']) + 1}", r["answer"])
+
+
+def _tokens_after_first_value(question, encode):
+    head = re.match(r"Let \w = \d+", question).group(0)
+    return len(encode(question)) - len(encode(head))
+
+
+def test_gap_honoured_in_characters_and_toy_tokens():
+    tok = toy_tokenizer()
+    for r in make_split("test", 40, gaps=GAPS, tokenizer=tok):
+        gap = GAPS[int(r["id"].rsplit("-", 1)[1]) % len(GAPS)]
+        assert r["gap"] == _tokens_after_first_value(r["question"], tok.encode) >= gap
+        assert r["gap"] < gap + 80  # never much longer than asked for
+    for r in make_split("test", 8, gaps=(500,)):
+        assert 500 <= len(r["question"]) - len(re.match(r"Let \w = \d+", r["question"]).group(0)) < 580
+
+
+class WordTokenizer:
+    """A tokenizer where a token is a whitespace-separated word: gaps must be counted in its tokens."""
+
+    def encode(self, text):
+        return text.split()
+
+
+def test_gap_measured_with_given_tokenizer():
+    tok = WordTokenizer()
+    for r in make_split("test", 10, gaps=(100,), tokenizer=tok):
+        assert 100 <= _tokens_after_first_value(r["question"], tok.encode) < 120
+        assert len(r["question"]) > 300  # far more characters than word tokens
+
+
+def test_cli_writes_both_splits(tmp_path):
+    cmd = [sys.executable, "-m", "data.synthetic", "--n-train", "30", "--n-test", "10", "--gaps", "0,40",
+           "--out-dir", str(tmp_path)]
+    subprocess.run(cmd, check=True, capture_output=True)
+    train, test = load_jsonl(tmp_path / "train.jsonl"), load_jsonl(tmp_path / "test.jsonl")
+    assert (len(train), len(test)) == (30, 10)
+    bad = subprocess.run(cmd[:3] + ["--gaps", "a,b"], capture_output=True, text=True)
+    assert bad.returncode != 0 and bad.stderr.strip().startswith("error:")
+    assert json.loads((tmp_path / "test.jsonl").read_text().splitlines()[0])["id"] == test[0]["id"]

@@ -1,0 +1,113 @@
+"""
+Tokenization for every stage: a tiktoken `Encoding` plus a chat template.
+
+A tokenizer is saved inside each checkpoint as two files:
+    tokenizer.tiktoken       one "base64(token bytes) rank" line per mergeable token (tiktoken's own format)
+    tokenizer_config.json    name, pre-tokenizer regex, special tokens, chat template
+
+convert.py builds one from a Hugging Face tokenizer.json or a GGUF vocabulary; tests use `toy_tokenizer()`,
+a byte-level encoding built in code.
+
+Chat template: a small dict rather than a Jinja program, because every model family we support renders a
+turn as  prefix(role) + content + eot + sep:
+    ChatML (SmolLM2, Qwen):  prefix "<|im_start|>{role}\n", eot "<|im_end|>", sep "\n"
+    Llama 3:                 prefix "<|start_header_id|>{role}<|end_header_id|>\n\n", eot "<|eot_id|>", sep ""
+plus "bos" (text before the first turn) and "default_system" (inserted when there is no system message).
+
+Usage:
+    tok = Tokenizer.load("ckpt/swa512")
+    ids, mask = tok.encode_chat([{"role": "user", "content": "1+1?"}, {"role": "assistant", "content": "2"}])
+"""
+import base64
+import json
+import os
+
+import tiktoken
+
+CHATML = {"bos": "", "prefix": "<|im_start|>{role}\n", "eot": "<|im_end|>", "sep": "\n", "default_system": None}
+
+# GPT-2 style pre-tokenizer, digits split one by one (as SmolLM2 does) so numbers tokenize uniformly.
+TOY_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+
+
+class Tokenizer:
+    def __init__(self, name, pat_str, mergeable_ranks, special_tokens, chat_template):
+        self.name = name
+        self.pat_str = pat_str
+        self.mergeable_ranks = mergeable_ranks
+        self.special_tokens = dict(special_tokens)
+        self.chat_template = {**CHATML, **chat_template}
+        self.encoding = tiktoken.Encoding(name=name, pat_str=pat_str, mergeable_ranks=mergeable_ranks,
+                                          special_tokens=self.special_tokens)
+        eot = self.chat_template["eot"]
+        if eot not in self.special_tokens:
+            raise ValueError(f"chat template's end-of-turn token {eot!r} is not a special token")
+        self.eot_id = self.special_tokens[eot]
+        # Generation stops at the end of the assistant's turn, or at a plain end-of-text token.
+        self.stop_tokens = sorted({self.eot_id} | {i for s, i in self.special_tokens.items()
+                                                   if s in ("<|endoftext|>", "<|end_of_text|>", "</s>")})
+
+    @property
+    def vocab_size(self):
+        return self.encoding.n_vocab
+
+    def encode(self, text):
+        # Text that merely looks like a special token (a user typing "<|im_end|>") stays plain text.
+        return self.encoding.encode(text, allowed_special=set(), disallowed_special=())
+
+    def decode(self, ids):
+        return self.encoding.decode(ids)
+
+    def encode_special(self, text):
+        return self.encoding.encode(text, allowed_special="all")
+
+    def encode_chat(self, messages, add_generation_prompt=False):
+        """Render a conversation. Returns (ids, assistant_mask): the mask is True on the assistant's content
+        and its end-of-turn token, the tokens a fine-tuned model must learn to produce."""
+        t = self.chat_template
+        if t["default_system"] is not None and (not messages or messages[0]["role"] != "system"):
+            messages = [{"role": "system", "content": t["default_system"]}] + list(messages)
+        ids, mask = self.encode_special(t["bos"]), []
+        mask += [False] * len(ids)
+
+        def add(piece_ids, trained):
+            ids.extend(piece_ids)
+            mask.extend([trained] * len(piece_ids))
+
+        for m in messages:
+            trained = m["role"] == "assistant"
+            add(self.encode_special(t["prefix"].format(role=m["role"])), False)
+            add(self.encode(m["content"]), trained)
+            add([self.eot_id], trained)
+            add(self.encode_special(t["sep"]), False)
+        if add_generation_prompt:
+            add(self.encode_special(t["prefix"].format(role="assistant")), False)
+        return ids, mask
+
+    def save(self, directory):
+        with open(os.path.join(directory, "tokenizer.tiktoken"), "w") as f:
+            for token, rank in sorted(self.mergeable_ranks.items(), key=lambda kv: kv[1]):
+                f.write(f"{base64.b64encode(token).decode()} {rank}\n")
+        config = {"name": self.name, "pat_str": self.pat_str, "special_tokens": self.special_tokens,
+                  "chat_template": self.chat_template}
+        with open(os.path.join(directory, "tokenizer_config.json"), "w") as f:
+            json.dump(config, f, indent=1, ensure_ascii=False)
+
+    @classmethod
+    def load(cls, directory):
+        with open(os.path.join(directory, "tokenizer_config.json")) as f:
+            config = json.load(f)
+        ranks = {}
+        with open(os.path.join(directory, "tokenizer.tiktoken")) as f:
+            for line in f:
+                if line.strip():
+                    token, rank = line.split()
+                    ranks[base64.b64decode(token)] = int(rank)
+        return cls(config["name"], config["pat_str"], ranks, config["special_tokens"], config["chat_template"])
+
+
+def toy_tokenizer():
+    """Byte-level tokenizer for tests and the tiny preset: one token per byte, then three special tokens."""
+    ranks = {bytes([b]): b for b in range(256)}
+    specials = {"<|endoftext|>": 256, "<|im_start|>": 257, "<|im_end|>": 258}
+    return Tokenizer("toy-bytes", TOY_PATTERN, ranks, specials, CHATML)
