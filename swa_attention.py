@@ -43,80 +43,72 @@ def document_starts(doc_ids):
     return torch.where(first, index, 0).cummax(dim=1).values
 
 
-def chunked_attention(q, k, v, window, sinks=0, q_offset=0, doc_ids=None, max_scores=2**26):
+def chunked_attention(q, k, v, window, sinks=0, q_offset=0, doc_ids=None):
     """Blocked sliding-window attention in plain PyTorch.
 
     Queries are cut into blocks of P = min(window, T). The keys a block can see form one span of
-    L = P + window - 1 keys ending at the block's last query, so each block is a small dense attention
-    of P queries against L keys under a fixed band mask: O(T * window) work and memory.
-    Sink keys lie outside that span, so they are gathered per query and scored separately.
-    Blocks are processed a group at a time so that at most `max_scores` scores exist at once.
+    L = P + window - 1 keys ending at the block's last query, so each block is a small dense attention of P
+    queries against L keys under a band mask. All blocks go to SDPA at once as a batch: O(T * window) work
+    and memory, and SDPA's fused kernels never write the block scores out.
+    Sink keys lie outside the span, so they are appended to every block's keys.
     """
     B, Hq, T, D = q.shape
     Hkv, S = k.shape[1], k.shape[2]
-    G = Hq // Hkv
     assert S >= q_offset + T, "the queries must be the last T of the keys (or earlier)"
     W = q_offset + T if window is None else min(window, q_offset + T)
     sinks = 0 if window is None else min(sinks, q_offset + T)
     P = min(W, T)
     L = P + W - 1
-    n_blocks = -(-T // P)
+    n = -(-T // P)  # blocks
+    packed = doc_ids is not None
     if doc_ids is None:
         doc_ids = torch.zeros(B, S, dtype=torch.long, device=q.device)
 
-    # Key index j lives at padded index j + W - 1, so block b's span starts at padded index q_offset + b * P.
+    # Key j sits at padded index j + W - 1, so block b's span is padded keys [q_offset + b*P, q_offset + b*P + L).
     # Padding keys get doc id -1 and are never attended.
-    right = max(0, q_offset + n_blocks * P - S)
-    k_pad = F.pad(k, (0, 0, W - 1, right))
-    v_pad = F.pad(v, (0, 0, W - 1, right))
-    doc_pad = F.pad(doc_ids, (W - 1, right), value=-1)
-    q_doc = F.pad(doc_ids[:, q_offset:q_offset + T], (0, n_blocks * P - T), value=-1)
-    q_pad = F.pad(q * D ** -0.5, (0, 0, 0, n_blocks * P - T)).view(B, Hkv, G, n_blocks, P, D)
+    right = max(0, q_offset + n * P - S)
+    k_pad, v_pad = (F.pad(x, (0, 0, W - 1, right))[:, :, q_offset:] for x in (k, v))
+    doc_pad = F.pad(doc_ids, (W - 1, right), value=-1)[:, q_offset:]
+    k_span = k_pad.unfold(2, L, P).permute(0, 2, 1, 4, 3)  # (B, n, Hkv, L, D); spans overlap
+    v_span = v_pad.unfold(2, L, P).permute(0, 2, 1, 4, 3)
+    key_doc = doc_pad.unfold(1, L, P)  # (B, n, L)
+    q_doc = F.pad(doc_ids[:, q_offset:q_offset + T], (0, n * P - T), value=-1).view(B, n, P)
+    q_blocks = F.pad(q, (0, 0, 0, n * P - T)).view(B, Hq, n, P, D).transpose(1, 2)  # (B, n, Hq, P, D)
 
-    # In-block offsets: query r of a block sees span key c iff r <= c <= r + W - 1 (causal and inside the window).
+    # Query r of a block sees span key c iff r <= c <= r + W - 1: causal and inside the window.
     r = torch.arange(P, device=q.device)[:, None]
     c = torch.arange(L, device=q.device)[None, :]
     band = (c >= r) & (c <= r + W - 1)
+    allowed = band & (q_doc[..., :, None] == key_doc[..., None, :]) & (key_doc[..., None, :] >= 0)  # (B, n, P, L)
 
     if sinks:
-        # Sink s of query i is key start(i) + s; it is scored here only when it lies before i's window.
-        start = F.pad(document_starts(doc_ids)[:, q_offset:q_offset + T], (0, n_blocks * P - T))
-        position = torch.arange(q_offset, q_offset + n_blocks * P, device=q.device) - start
+        # Sink s of query i is key start(i) + s, counted here only when it lies before i's window.
+        i = torch.arange(q_offset, q_offset + n * P, device=q.device).view(1, n, P, 1)
         s = torch.arange(sinks, device=q.device)
-        sink_index = (start[:, :, None] + s).clamp(max=S - 1)  # (B, blocks * P, sinks)
-        sink_ok = (position[:, :, None] - s >= W) & (q_doc[:, :, None] >= 0)  # padding queries see nothing
+        if not packed:  # the same `sinks` keys for every block
+            sink_index = s.expand(B, n, sinks)
+            sink_ok = (i - s >= W) & (q_doc[..., None] >= 0)  # (B, n, P, sinks)
+        else:  # each query brings its own document's sinks; a query only sees the copies it brought
+            start = F.pad(document_starts(doc_ids)[:, q_offset:q_offset + T], (0, n * P - T)).view(B, n, P, 1)
+            sink_index = (start + s).clamp(max=S - 1).view(B, n, P * sinks)
+            own = (i - start - s >= W) & (q_doc[..., None] >= 0)  # (B, n, P, sinks)
+            eye = torch.eye(P, dtype=torch.bool, device=q.device)
+            sink_ok = (eye[None, None, :, :, None] & own[:, :, None, :, :]).reshape(B, n, P, P * sinks)
+        gather = sink_index.reshape(B, 1, -1, 1).expand(B, Hkv, -1, D)
+        k_sink, v_sink = (torch.gather(x, 2, gather).view(B, Hkv, n, -1, D).transpose(1, 2) for x in (k, v))
+        k_span, v_span = torch.cat([k_span, k_sink], 3), torch.cat([v_span, v_sink], 3)
+        allowed = torch.cat([allowed, sink_ok], -1)
 
-    out = torch.empty_like(q_pad)
-    group = max(1, max_scores // (B * Hq * P * (L + sinks)))
-    for b0 in range(0, n_blocks, group):
-        b1 = min(n_blocks, b0 + group)
-        n = b1 - b0
-        lo, hi = q_offset + b0 * P, q_offset + b1 * P + W - 1
-        k_span = k_pad[:, :, lo:hi].unfold(2, L, P)  # (B, Hkv, n, D, L): a view, spans overlap
-        v_span = v_pad[:, :, lo:hi].unfold(2, L, P)
-        doc_span = doc_pad[:, lo:hi].unfold(1, L, P)  # (B, n, L)
-        qb = q_pad[:, :, :, b0:b1]  # (B, Hkv, G, n, P, D)
-        scores = torch.einsum("bhgnpd,bhndl->bhgnpl", qb, k_span)
-        qd = q_doc[:, b0 * P:b1 * P].view(B, n, P)
-        allowed = band & (qd[..., :, None] == doc_span[..., None, :]) & (doc_span[..., None, :] >= 0)
-        allowed = allowed[:, None, None]  # (B, 1, 1, n, P, L)
-        if sinks:
-            idx = sink_index[:, b0 * P:b1 * P].reshape(B, 1, n * P * sinks, 1)
-            k_sink = torch.gather(k, 2, idx.expand(B, Hkv, -1, D)).view(B, Hkv, n, P, sinks, D)
-            v_sink = torch.gather(v, 2, idx.expand(B, Hkv, -1, D)).view(B, Hkv, n, P, sinks, D)
-            sink_scores = torch.einsum("bhgnpd,bhnpsd->bhgnps", qb, k_sink)
-            scores = torch.cat([scores, sink_scores], dim=-1)
-            ok = sink_ok[:, b0 * P:b1 * P].view(B, 1, 1, n, P, sinks)
-            allowed = torch.cat([allowed, ok], dim=-1)
-        # A query with nothing to attend (padding) would give NaN; let it see everything, then zero it.
-        has_keys = allowed.any(-1, keepdim=True)
-        # softmax accumulates in float32 even for bfloat16 scores, so they can stay in the input dtype.
-        probs = scores.masked_fill(~(allowed | ~has_keys), float("-inf")).softmax(-1)
-        o = torch.einsum("bhgnpl,bhndl->bhgnpd", probs[..., :L], v_span)
-        if sinks:
-            o = o + torch.einsum("bhgnps,bhnpsd->bhgnpd", probs[..., L:], v_sink)
-        out[:, :, :, b0:b1] = o * has_keys
-    return out.view(B, Hq, n_blocks * P, D)[:, :, :T]
+    # A query with nothing to attend (padding) would give NaN; let it see everything, then zero it.
+    has_keys = allowed.any(-1, keepdim=True)
+    mask = (allowed | ~has_keys).flatten(0, 1)[:, None]
+    G = Hq // Hkv
+    if G > 1:
+        k_span, v_span = (x.repeat_interleave(G, dim=2) for x in (k_span, v_span))
+    out = F.scaled_dot_product_attention(q_blocks.flatten(0, 1), k_span.flatten(0, 1), v_span.flatten(0, 1),
+                                         attn_mask=mask)
+    out = out.view(B, n, Hq, P, D) * has_keys[:, :, None]
+    return out.transpose(1, 2).reshape(B, Hq, n * P, D)[:, :, :T]
 
 
 def dense_mask(T, S, window, sinks, q_offset, doc_ids, device):
@@ -166,10 +158,17 @@ def _doc_block_mask(T, S, window, sinks, q_offset, doc_ids):
     return create_block_mask(mask_mod, doc_ids.shape[0], None, T, S, device=doc_ids.device)
 
 
+def _compile(fn):
+    # Every new shape (and grad mode) compiles a new kernel; past the recompile limit torch silently falls back
+    # to eager, which for flex_attention means a dense T x S score matrix. Evaluation and benchmarks see many shapes.
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+    return torch.compile(fn, dynamic=False)
+
+
 @functools.cache
 def _flex():
     from torch.nn.attention.flex_attention import flex_attention
-    return torch.compile(flex_attention, dynamic=False)
+    return _compile(flex_attention)
 
 
 def flex_attention(q, k, v, window, sinks=0, q_offset=0, doc_ids=None):
@@ -188,7 +187,7 @@ def flex_attention(q, k, v, window, sinks=0, q_offset=0, doc_ids=None):
 
 @functools.cache
 def _compiled_chunked():
-    return torch.compile(chunked_attention, dynamic=False)
+    return _compile(chunked_attention)
 
 
 def sliding_window_attention(q, k, v, window, sinks=0, impl="auto", q_offset=0, doc_ids=None):
