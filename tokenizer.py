@@ -21,6 +21,7 @@ Usage:
 import base64
 import json
 import os
+import re
 
 import tiktoken
 
@@ -43,6 +44,7 @@ class Tokenizer:
         if eot not in self.special_tokens:
             raise ValueError(f"chat template's end-of-turn token {eot!r} is not a special token")
         self.eot_id = self.special_tokens[eot]
+        self.unencodable = unencodable_pattern(mergeable_ranks)
         # Generation stops at the end of the assistant's turn, or at a plain end-of-text token.
         self.stop_tokens = sorted({self.eot_id} | {i for s, i in self.special_tokens.items()
                                                    if s in ("<|endoftext|>", "<|end_of_text|>", "</s>")})
@@ -53,7 +55,10 @@ class Tokenizer:
 
     def encode(self, text):
         # Text that merely looks like a special token (a user typing "<|im_end|>") stays plain text.
-        return self.encoding.encode(text, allowed_special=set(), disallowed_special=())
+        if self.unencodable is None or not self.unencodable.search(text):
+            return self.encoding.encode(text, allowed_special=set(), disallowed_special=())
+        # Characters with a byte the vocabulary lacks are dropped, as the source tokenizers do.
+        return [i for part in self.unencodable.split(text) for i in self.encode(part)]
 
     def decode(self, ids):
         return self.encoding.decode(ids)
@@ -104,6 +109,26 @@ class Tokenizer:
                     token, rank = line.split()
                     ranks[base64.b64decode(token)] = int(rank)
         return cls(config["name"], config["pat_str"], ranks, config["special_tokens"], config["chat_template"])
+
+
+def unencodable_pattern(mergeable_ranks):
+    """Regex of the characters whose UTF-8 encoding needs a single byte the vocabulary has no token for
+    (SmolLM2 lacks a few), or None. tiktoken cannot encode those; UTF-8 continuation bytes are assumed present."""
+    ranges = []
+    for b in range(256):
+        if bytes([b]) in mergeable_ranks or b in (0xC0, 0xC1) or b >= 0xF5:  # the last never occur in UTF-8
+            continue
+        if b < 0x80:
+            ranges.append((b, b))
+        elif 0xC2 <= b <= 0xDF:  # lead byte of a 2-byte character
+            ranges.append(((b & 0x1F) << 6, ((b & 0x1F) << 6) + 0x3F))
+        elif 0xE0 <= b <= 0xEF:
+            ranges.append(((b & 0x0F) << 12, ((b & 0x0F) << 12) + 0xFFF))
+        elif 0xF0 <= b <= 0xF4:
+            ranges.append(((b & 0x07) << 18, ((b & 0x07) << 18) + 0x3FFFF))
+    if not ranges:
+        return None
+    return re.compile("[" + "".join(f"\\U{lo:08x}-\\U{hi:08x}" for lo, hi in ranges) + "]")
 
 
 def toy_tokenizer():

@@ -172,3 +172,12 @@ def test_chat_rendering_masks_assistant_tokens(tmp_path):
     again = Tokenizer.load(tmp_path)
     assert again.encode_chat([{"role": "user", "content": "é 1,000"}]) == tok.encode_chat([{"role": "user", "content": "é 1,000"}])
     assert tok.stop_tokens == [256, 258]
+
+
+def test_characters_with_bytes_missing_from_the_vocabulary_are_dropped():
+    tok = toy_tokenizer()
+    ranks = {b: r for b, r in tok.mergeable_ranks.items() if b not in (bytes([4]), bytes([0xF1]))}
+    lacking = Tokenizer("lacking", tok.pat_str, ranks, tok.special_tokens, tok.chat_template)
+    assert lacking.encode("a\x04b") == [97, 98]
+    assert lacking.encode("x\U00040001y é") == tok.encode("xy é")
+    assert tok.unencodable is None
