@@ -140,8 +140,8 @@ class LayerCache:
             keep &= (positions < self.sinks) | (positions > last - self.window)
         slots = torch.where(keep, slots, self.n_slots)
         rows = torch.arange(k.shape[0], device=k.device)[:, None].expand_as(slots)
-        self.k[rows, :, slots] = k.transpose(1, 2)
-        self.v[rows, :, slots] = v.transpose(1, 2)
+        self.k[rows, :, slots] = k.transpose(1, 2).to(self.k.dtype)  # under autocast k may be bf16
+        self.v[rows, :, slots] = v.transpose(1, 2).to(self.v.dtype)
         self.positions[rows, slots] = positions
         self.positions[:, self.n_slots] = -1
         self.empty = False
@@ -224,6 +224,13 @@ class Transformer(nn.Module):
             self.lm_head = nn.Linear(config.dim, config.vocab_size, bias=False)
         self.register_buffer("inv_freq", rope_frequencies(config), persistent=False)
         self.gradient_checkpointing = False
+
+    def _apply(self, fn, recurse=True):
+        # .to(bfloat16) would round the RoPE frequencies too (angles off by radians at long positions):
+        # recompute them in float32 after every move or cast.
+        super()._apply(fn, recurse)
+        self.inv_freq = rope_frequencies(self.config).to(self.embed_tokens.weight.device)
+        return self
 
     def init_weights(self, seed=0):
         """Random initialisation for models trained from scratch (tests, benchmarks)."""
@@ -440,7 +447,7 @@ def load_checkpoint(path, device="cpu", dtype=None):
         if tuple(state[k].shape) != shape:
             raise ValueError(f"checkpoint {path}: {k} has shape {tuple(state[k].shape)}, config expects {shape}")
     model.load_state_dict(state, assign=True)
-    model.inv_freq = rope_frequencies(config)
+    model.inv_freq = rope_frequencies(config)  # buffers are not saved; this one is still on "meta"
     model.to(device=device, dtype=dtype)
     tokenizer = Tokenizer.load(path)
     if tokenizer.vocab_size > config.vocab_size:

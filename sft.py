@@ -1,0 +1,513 @@
+"""
+Supervised fine-tuning on math reasoning traces, under sliding-window or full attention.
+
+The same command fine-tunes with a sliding window (SWA) or with full attention (SA): --window overrides the
+window stored in the starting checkpoint, so both runs start from the same weights.
+
+    python sft.py --window 512                                  # ckpt/smollm2-sa -> ckpt/sft-swa512, GSM8K train
+    python sft.py --window none                                 # full attention -> ckpt/sft-sa
+    python sft.py --window 512 --sinks 4 --compile              # with 4 attention sinks, compiled blocks
+    python sft.py --window 512 --resume                         # continue ckpt/sft-swa512 where it stopped
+    python sft.py --data my_chats.jsonl --out ckpt/sft-chat     # {"messages": [{"role", "content"}, ...]} lines
+    torchrun --standalone --nproc_per_node=8 sft.py --window 512    # several GPUs, data sharded by rank
+
+Starting checkpoint (made once):
+    python convert.py --src smollm2-135m-instruct --out ckpt/smollm2-sa --window none
+Data:
+    python -m data.prepare                                      # writes data/gsm8k/train.jsonl
+
+Each GSM8K problem becomes a two-turn chat: the user asks the question with the same instruction that
+evaluate.py uses, the assistant answers with the reference solution ending in "#### <answer>". The loss covers
+only the assistant's tokens and its end-of-turn token.
+
+Output: --out is a checkpoint directory (rewritten every --save-every steps and at the end) that also holds
+    metrics.jsonl        one line per step (loss, lr, tokens/s, MFU) and per evaluation (held-out loss, accuracy)
+    trainer_state.pt     optimizer, step, RNG: what --resume needs to continue exactly
+"""
+import argparse
+import functools
+import json
+import math
+import os
+import random
+import shutil
+import sys
+import time
+from contextlib import nullcontext
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from model import load_checkpoint, save_checkpoint
+
+try:  # the quick accuracy check and the prompt wording come from evaluate.py, so SFT trains on what eval asks
+    from evaluate import INSTRUCTION, evaluate_task
+except ImportError:
+    INSTRUCTION = ("Solve the problem step by step. Write the final answer at the end, after \"####\" "
+                   "(for example \"#### 42\") or inside \\boxed{}.")
+    evaluate_task = None
+
+DEFAULT_CKPT = "ckpt/smollm2-sa"
+DEFAULT_DATA = "data/gsm8k/train.jsonl"
+STATE_FILE = "trainer_state.pt"
+METRICS_FILE = "metrics.jsonl"
+
+
+def print0(*args, **kwargs):
+    if int(os.environ.get("RANK", 0)) == 0:
+        print(*args, **kwargs)
+
+
+def parse_window(text):
+    """--window: a positive integer or "none" (full attention)."""
+    if text.lower() == "none":
+        return None
+    try:
+        window = int(text)
+    except ValueError:
+        window = 0
+    if window < 1:
+        raise ValueError(f"--window must be a positive integer or none, got {text!r}")
+    return window
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Data: JSONL rows -> (token ids, loss mask) -> packed rows
+
+def to_messages(row):
+    """A GSM8K-style row {question, solution[, answer]} or a chat row {messages: [...]} -> chat messages."""
+    if "messages" in row:
+        messages = row["messages"]
+        ok = isinstance(messages, list) and messages and all(
+            isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+            for m in messages)
+        if not ok:
+            raise ValueError("\"messages\" must be a non-empty list of {\"role\": str, \"content\": str}")
+        return messages
+    if not (isinstance(row.get("question"), str) and isinstance(row.get("solution"), str)):
+        raise ValueError("expected string fields \"question\" and \"solution\", or a \"messages\" list")
+    solution = row["solution"].rstrip()
+    if "####" not in solution and row.get("answer") is not None:
+        solution += f"\n#### {row['answer']}"  # always end on the answer line evaluate.py extracts first
+    return [{"role": "user", "content": f"{row['question']}\n\n{INSTRUCTION}"},
+            {"role": "assistant", "content": solution}]
+
+
+def load_rows(path):
+    if not os.path.isfile(path):
+        hint = "; make it with: python -m data.prepare" if path == DEFAULT_DATA else ""
+        raise ValueError(f"data file {path} not found{hint}")
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+                if not isinstance(row, dict):
+                    raise ValueError("expected a JSON object")
+                to_messages(row)
+            except ValueError as e:  # json.JSONDecodeError is a ValueError too
+                raise ValueError(f"{path}:{lineno}: {e.msg if isinstance(e, json.JSONDecodeError) else e}") from None
+            rows.append(row)
+    if not rows:
+        raise ValueError(f"data file {path} has no examples")
+    return rows
+
+
+def tokenize(rows, tokenizer, seq_len):
+    """Rows -> list of (ids, mask). Examples longer than a row are dropped: cutting them would cut the answer."""
+    examples, too_long = [], 0
+    for row in rows:
+        ids, mask = tokenizer.encode_chat(to_messages(row))
+        if len(ids) > seq_len:
+            too_long += 1
+        elif any(mask[1:]):
+            examples.append((ids, mask))
+    return examples, too_long
+
+
+def pack(examples, seq_len):
+    """Pack examples, in the given order, into rows of seq_len tokens.
+
+    Returns LongTensors (rows, seq_len): idx, targets (-1 where no loss), doc_ids (-1 on padding). Each
+    example is its own document: the model restarts positions and keeps attention inside it, so a packed row
+    computes exactly what the examples would compute alone. The target of position t is token t + 1 of the
+    same example, kept only when the mask marks that token as the assistant's.
+
+    Why packing rather than length bucketing: every row is full (GSM8K traces are a few hundred tokens, so a
+    4k row holds a dozen and only the tail of a row is padding), every step has the same shape (no recompiles,
+    steady memory), and the GPU never multiplies padding. Bucketing would still pad each example to its
+    bucket's length and make step shapes vary.
+    """
+    rows, row, used = [], [], 0
+    for ids, mask in examples:
+        if used + len(ids) > seq_len:
+            rows.append(row)
+            row, used = [], 0
+        row.append((ids, mask))
+        used += len(ids)
+    if row:
+        rows.append(row)
+    idx = torch.zeros(len(rows), seq_len, dtype=torch.long)
+    targets = torch.full((len(rows), seq_len), -1, dtype=torch.long)
+    doc_ids = torch.full((len(rows), seq_len), -1, dtype=torch.long)
+    for r, row in enumerate(rows):
+        t = 0
+        for d, (ids, mask) in enumerate(row):
+            n = len(ids)
+            idx[r, t:t + n] = torch.tensor(ids)
+            doc_ids[r, t:t + n] = d
+            nxt = torch.tensor(ids[1:])
+            targets[r, t:t + n - 1] = torch.where(torch.tensor(mask[1:]), nxt, -1)
+            t += n
+    return idx, targets, doc_ids
+
+
+def step_batches(examples, seq_len, rows_per_step, seed, epoch):
+    """One epoch: shuffle (seeded by epoch, so a resumed run sees the same order), pack, cut into steps."""
+    order = list(examples)
+    random.Random(seed * 1000 + epoch).shuffle(order)
+    idx, targets, doc_ids = pack(order, seq_len)
+    for s in range(len(idx) // rows_per_step):  # the few rows left over are seen in other epochs' packings
+        sl = slice(s * rows_per_step, (s + 1) * rows_per_step)
+        yield idx[sl], targets[sl], doc_ids[sl]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The training step (bench/sft.py times exactly this)
+
+def micro_batches(idx, targets, doc_ids, rank, world, batch_size):
+    """This rank's share of one step's rows, as micro-batches. doc_ids becomes None when every row is one
+    unpadded document, which lets full attention take the flash kernel."""
+    idx, targets, doc_ids = idx[rank::world], targets[rank::world], doc_ids[rank::world]
+    out = []
+    for i in range(0, len(idx), batch_size):
+        d = doc_ids[i:i + batch_size]
+        out.append((idx[i:i + batch_size], targets[i:i + batch_size], None if (d == 0).all() else d))
+    return out
+
+
+def loss_sum(model, idx, targets, doc_ids):
+    logits = model(idx, doc_ids=doc_ids)
+    return F.cross_entropy(logits.view(-1, logits.shape[-1]), targets.view(-1), ignore_index=-1, reduction="sum")
+
+
+def train_step(model, optimizer, batches, n_targets, lr, grad_clip, device, world=1):
+    """One optimizer step over this rank's micro-batches; returns (loss, grad norm) as tensors on the device.
+
+    The loss is the mean over every target token of the whole step (all micro-batches, all ranks), so packing,
+    accumulation and the number of GPUs change nothing: each micro-batch adds sum / n_targets, times `world`
+    because DistributedDataParallel averages gradients over ranks.
+    """
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+    total = torch.zeros((), device=device)
+    for i, (idx, targets, doc_ids) in enumerate(batches):
+        idx, targets = idx.to(device, non_blocking=True), targets.to(device, non_blocking=True)
+        doc_ids = None if doc_ids is None else doc_ids.to(device, non_blocking=True)
+        # Only the last micro-batch all-reduces gradients; the others accumulate locally.
+        sync = nullcontext() if i == len(batches) - 1 or not hasattr(model, "no_sync") else model.no_sync()
+        with sync:
+            with autocast:
+                loss = loss_sum(model, idx, targets, doc_ids) / n_targets
+            (loss * world).backward()
+        total += loss.detach()
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip if grad_clip > 0 else float("inf"))
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return total, norm
+
+
+def lr_at(step, total_steps, args):
+    """Linear warmup, then cosine or linear decay to final_lr_frac * lr. `step` counts from 0."""
+    if step < args.warmup_steps:
+        return args.lr * (step + 1) / args.warmup_steps
+    progress = (step - args.warmup_steps) / max(1, total_steps - args.warmup_steps)
+    shape = 0.5 * (1 + math.cos(math.pi * progress)) if args.schedule == "cosine" else 1 - progress
+    return args.lr * (args.final_lr_frac + (1 - args.final_lr_frac) * shape)
+
+
+@torch.no_grad()
+def held_out_loss(model, val, rank, world, batch_size, device):
+    """Mean loss per target token over the validation rows, summed across ranks."""
+    idx, targets, doc_ids = val
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+    total = torch.zeros(2, device=device)
+    for i_, t_, d_ in micro_batches(idx, targets, doc_ids, rank, world, batch_size):
+        with autocast:
+            total[0] += loss_sum(model, i_.to(device), t_.to(device), None if d_ is None else d_.to(device))
+        total[1] += (t_ >= 0).sum()
+    if world > 1:
+        dist.all_reduce(total)
+    return (total[0] / total[1]).item()
+
+
+def save_run(out, model, tokenizer, meta, state, history):
+    """Checkpoint, trainer state and metrics in one atomic directory: they are staged together and swapped in
+    at once, so a crash never leaves weights without the optimizer state (or metrics) that match them."""
+    out = os.path.abspath(out)
+    staging = f"{out}.staging"
+    shutil.rmtree(staging, ignore_errors=True)
+    save_checkpoint(staging, model, tokenizer, meta)
+    torch.save(state, os.path.join(staging, STATE_FILE))
+    with open(os.path.join(staging, METRICS_FILE), "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in history)
+    if os.path.exists(out):
+        old = f"{out}.old{os.getpid()}"
+        os.rename(out, old)
+        os.rename(staging, out)
+        shutil.rmtree(old)
+    else:
+        os.rename(staging, out)
+
+
+# ----------------------------------------------------------------------------------------------------------
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--ckpt", default=DEFAULT_CKPT, help="starting checkpoint (made by convert.py)")
+    parser.add_argument("--out", default=None,
+                        help="output checkpoint directory (default: ckpt/sft-swa<W> or ckpt/sft-sa)")
+    parser.add_argument("--window", default=None,
+                        help="attention window for training: an integer, or none for full attention "
+                             "(default: the checkpoint's)")
+    parser.add_argument("--sinks", type=int, default=None, help="attention sink tokens; default: the checkpoint's")
+    parser.add_argument("--data", default=DEFAULT_DATA,
+                        help="training JSONL: {question, solution[, answer]} or {messages} rows")
+    parser.add_argument("--val-data", default=None,
+                        help="validation JSONL (default: hold out --val-size examples of --data)")
+    parser.add_argument("--val-size", type=int, default=256, help="examples held out of --data for validation")
+    parser.add_argument("--seq-len", type=int, default=4096, help="tokens per packed row")
+    parser.add_argument("--batch-size", type=int, default=8, help="rows per micro-batch per GPU")
+    parser.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step")
+    parser.add_argument("--epochs", type=float, default=2.0,
+                        help="passes over the training data (ignored with --steps)")
+    parser.add_argument("--steps", type=int, default=None, help="optimizer steps (default: from --epochs)")
+    parser.add_argument("--lr", type=float, default=3e-5, help="peak learning rate")
+    parser.add_argument("--final-lr-frac", type=float, default=0.1, help="final learning rate as a fraction of --lr")
+    parser.add_argument("--warmup-steps", type=int, default=20, help="linear warmup steps")
+    parser.add_argument("--schedule", choices=("cosine", "linear"), default="cosine", help="decay after warmup")
+    parser.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay")
+    parser.add_argument("--beta2", type=float, default=0.95, help="AdamW beta2")
+    parser.add_argument("--grad-clip", type=float, default=1.0, help="clip the gradient norm to this (0: off)")
+    parser.add_argument("--eval-every", type=int, default=50,
+                        help="held-out loss and accuracy every N steps (0: only at the end)")
+    parser.add_argument("--eval-limit", type=int, default=32,
+                        help="held-out problems for the quick accuracy check (0: skip)")
+    parser.add_argument("--eval-max-new-tokens", type=int, default=384, help="generation budget of the accuracy check")
+    parser.add_argument("--save-every", type=int, default=200, help="checkpoint every N steps (0: only at the end)")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue from --out's checkpoint: weights, optimizer, step, data order")
+    parser.add_argument("--compile", action="store_true", help="torch.compile each transformer block")
+    parser.add_argument("--grad-checkpoint", action="store_true",
+                        help="recompute activations in backward (less memory)")
+    parser.add_argument("--peak-flops", type=float, default=989e12,
+                        help="peak bf16 FLOP/s of one GPU, for MFU (H100/H200 dense: 989e12)")
+    parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
+    parser.add_argument("--seed", type=int, default=0, help="data order and held-out split")
+    args = parser.parse_args(argv)
+
+    window = None if args.window is None else parse_window(args.window)
+    if args.sinks is not None and args.sinks < 0:
+        raise ValueError(f"--sinks must be >= 0, got {args.sinks}")
+    for name in ("seq_len", "batch_size", "grad_accum"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 1")
+
+    # Distributed: torchrun sets RANK/WORLD_SIZE/LOCAL_RANK; without them this is a single-process run.
+    ddp = "RANK" in os.environ and "WORLD_SIZE" in os.environ
+    rank, world = (int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])) if ddp else (0, 1)
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type == "cuda":
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+        torch.backends.cuda.matmul.allow_tf32 = True
+    if ddp:
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    master = rank == 0
+
+    # Model: the checkpoint's weights under the requested window. With --resume, the weights come from --out.
+    if args.resume and args.out:
+        if not os.path.isfile(os.path.join(args.out, STATE_FILE)):
+            raise ValueError(f"nothing to resume: {args.out} has no {STATE_FILE} (run without --resume to start)")
+        source = args.out
+    elif os.path.isdir(args.ckpt):
+        source = args.ckpt
+    else:
+        raise ValueError(f"checkpoint {args.ckpt} not found; make it with: "
+                         f"python convert.py --src smollm2-135m-instruct --out {args.ckpt} --window none")
+    model, tokenizer, meta = load_checkpoint(source, device="cpu")
+    model.set_window(window if args.window is not None else model.config.window, args.sinks)
+    W, sinks = model.config.window, model.config.sinks
+    out = args.out or ("ckpt/sft-sa" if W is None else f"ckpt/sft-swa{W}" + (f"-sink{sinks}" if sinks else ""))
+    parent = os.path.abspath(args.ckpt)
+    state = None
+    if args.resume:
+        if not os.path.isfile(os.path.join(out, STATE_FILE)):
+            raise ValueError(f"nothing to resume: {out} has no {STATE_FILE} (run without --resume to start)")
+        if source != out:
+            model, tokenizer, meta = load_checkpoint(out, device="cpu")
+            model.set_window(W, sinks)
+        state = torch.load(os.path.join(out, STATE_FILE), map_location="cpu")
+        parent = meta.get("parent", parent)
+    elif os.path.isfile(os.path.join(out, "meta.json")):
+        raise ValueError(f"{out} already holds a checkpoint; pass --resume to continue it or choose another --out")
+    model.to(device)
+    model.train()
+    model.gradient_checkpointing = args.grad_checkpoint
+
+    # Data: tokenize once, hold out a validation split, then pack every epoch in a fresh order.
+    rows = load_rows(args.data)
+    random.Random(args.seed).shuffle(rows)
+    if args.val_data:
+        val_rows, train_rows = load_rows(args.val_data), rows
+    else:
+        n_val = min(args.val_size, len(rows) // 10)
+        val_rows, train_rows = rows[:n_val], rows[n_val:]
+    train, dropped = tokenize(train_rows, tokenizer, args.seq_len)
+    val_examples, _ = tokenize(val_rows, tokenizer, args.seq_len)
+    val = pack(val_examples, args.seq_len) if val_examples else None
+    rows_per_step = args.batch_size * args.grad_accum * world
+    steps_per_epoch = sum(1 for _ in step_batches(train, args.seq_len, rows_per_step, args.seed, 0))
+    if steps_per_epoch == 0:
+        raise ValueError(f"{len(train)} training examples fill fewer than the {rows_per_step} rows of one step; "
+                         "lower --batch-size, --grad-accum or --seq-len")
+    total_steps = args.steps or max(1, round(args.epochs * steps_per_epoch))
+    # Quick accuracy check on held-out problems that carry a reference answer.
+    problems = [{"id": r.get("id", str(i)), "question": r["question"], "answer": str(r["answer"])}
+                for i, r in enumerate(val_rows) if "question" in r and r.get("answer") is not None][:args.eval_limit]
+    n_tokens = sum(len(ids) for ids, _ in train)
+    print0(f"{args.ckpt} -> {out}: {model.num_params():,} parameters, window {W}, sinks {model.config.sinks}, "
+           f"device {device}, {world} process(es)")
+    print0(f"data: {len(train)} train examples ({n_tokens:,} tokens, {dropped} longer than --seq-len dropped), "
+           f"{len(val_examples)} held out; {steps_per_epoch} steps/epoch of {rows_per_step} x {args.seq_len} tokens; "
+           f"{total_steps} steps")
+
+    # Optimizer: fused AdamW on the GPU. No weight decay on norms (1-D) is the usual choice; with wd=0 it is moot.
+    params = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in params if p.dim() >= 2]
+    no_decay = [p for p in params if p.dim() < 2]
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": args.weight_decay},
+                                   {"params": no_decay, "weight_decay": 0.0}],
+                                  lr=args.lr, betas=(0.9, args.beta2), fused=device.type == "cuda")
+    step, history = 0, []
+    if state is not None:
+        optimizer.load_state_dict(state["optimizer"])
+        step, history = state["step"], state["history"]
+        torch.set_rng_state(state["rng"]["torch"])
+        random.setstate(state["rng"]["python"])
+        if device.type == "cuda" and state["rng"].get("cuda") is not None:
+            torch.cuda.set_rng_state(state["rng"]["cuda"])
+        print0(f"resumed {out} at step {step}")
+    else:
+        torch.manual_seed(args.seed)
+
+    raw_model = model
+    if args.compile:
+        # Per block: the 30-odd identical blocks share one compiled graph, so compiling takes seconds, not minutes.
+        for block in model.layers:
+            block.compile()
+    if ddp:
+        model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[local_rank] if device.type == "cuda" else None)
+
+    # FLOPs of a document depend on its own length (attention stays inside it): count those, not seq_len's.
+    flops_per_token = functools.lru_cache(maxsize=None)(raw_model.flops_per_token)
+    metrics_path = os.path.join(out, METRICS_FILE)
+    if master:
+        os.makedirs(out, exist_ok=True)
+        # Lines written after the checkpoint we resume from (a crash between saves) are replaced, not repeated.
+        with open(metrics_path, "w") as f:
+            f.writelines(json.dumps(r) + "\n" for r in history)
+
+    def log(row):
+        history.append(row)
+        if master:
+            with open(metrics_path, "a") as f:
+                f.write(json.dumps(row) + "\n")
+
+    def evaluate_now():
+        row = {"step": step}
+        if val is not None:
+            raw_model.eval()
+            row["val_loss"] = held_out_loss(raw_model, val, rank, world, args.batch_size, device)
+            raw_model.train()
+        if master and problems and evaluate_task is not None:
+            # Generation runs eagerly and in float32: compiled blocks would recompile for every cache shape.
+            with torch.compiler.set_stance("force_eager"):
+                result = evaluate_task(raw_model, tokenizer, problems, max_new_tokens=args.eval_max_new_tokens,
+                                       progress=False)
+            row.update({f"eval_{k}": v for k, v in result.items()
+                        if k in ("accuracy", "mean_completion_tokens", "truncated")})
+        if ddp:
+            dist.barrier()  # the other ranks wait while rank 0 generates
+        log(row)
+        if master:  # through tqdm, so the progress bar stays on its own line
+            tqdm.write(f"step {step}: " + ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
+                                                   for k, v in row.items() if k != "step"))
+
+    def save():
+        if master:
+            meta = {"stage": "sft", "parent": parent, "args": vars(args), "step": step,
+                    "metrics": {k: v for r in history for k, v in r.items() if k != "step"}}
+            rng = {"torch": torch.get_rng_state(), "python": random.getstate(),
+                   "cuda": torch.cuda.get_rng_state() if device.type == "cuda" else None}
+            save_run(out, raw_model, tokenizer, meta,
+                     {"optimizer": optimizer.state_dict(), "step": step, "history": history, "rng": rng}, history)
+        if ddp:
+            dist.barrier()
+
+    # Training loop. The data order is a pure function of (seed, epoch): a resumed run skips the steps it did.
+    def all_steps():
+        epoch = 0
+        while True:
+            yield from step_batches(train, args.seq_len, rows_per_step, args.seed, epoch)
+            epoch += 1
+
+    batches = all_steps()
+    for _ in range(step):
+        next(batches)
+    bar = tqdm(total=total_steps, initial=step, desc="sft", disable=not master, dynamic_ncols=True)
+    while step < total_steps:
+        idx, targets, doc_ids = next(batches)
+        n_targets = int((targets >= 0).sum())  # over the whole step, every rank: each rank packs the same rows
+        t0 = time.time()
+        loss, norm = train_step(model, optimizer, micro_batches(idx, targets, doc_ids, rank, world, args.batch_size),
+                                n_targets, lr_at(step, total_steps, args), args.grad_clip, device, world)
+        if ddp:
+            dist.all_reduce(loss)
+        loss = loss.item()  # waits for the GPU, so the timing below is real
+        dt = time.time() - t0
+        step += 1
+        # Throughput counts real tokens (padding excluded) and the FLOPs the model actually needs for them.
+        lengths = [n for row in doc_ids
+                   for n in torch.unique_consecutive(row[row >= 0], return_counts=True)[1].tolist()]
+        tokens_per_s = sum(lengths) / dt
+        mfu = sum(n * flops_per_token(n) for n in lengths) / dt / (args.peak_flops * world)
+        log({"step": step, "loss": loss, "lr": lr_at(step - 1, total_steps, args), "grad_norm": norm.item(),
+             "tokens_per_s": tokens_per_s, "mfu": mfu})
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tokens_per_s:,.0f}", mfu=f"{100 * mfu:.1f}%")
+        if args.eval_every and step % args.eval_every == 0 and step < total_steps:
+            evaluate_now()
+        if args.save_every and step % args.save_every == 0 and step < total_steps:
+            save()
+    bar.close()
+    evaluate_now()
+    save()
+    print0(f"saved {out} (step {step})")
+    if ddp:
+        dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except ValueError as e:
+        sys.exit(f"error: {e}")
