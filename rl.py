@@ -320,7 +320,7 @@ def main(argv=None):
         # Per block: the identical blocks share one compiled graph. Generation runs eagerly (below): compiled
         # blocks would recompile for every cache shape.
         for block in model.layers:
-            block.compile()
+            block.compile(dynamic=False)  # a new row length recompiles rather than going symbolic
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay, betas=(0.9, 0.999),
                             fused=cuda)

@@ -412,7 +412,7 @@ def main(argv=None):
     if args.compile:
         # Per block: the 30-odd identical blocks share one compiled graph, so compiling takes seconds, not minutes.
         for block in model.layers:
-            block.compile()
+            block.compile(dynamic=False)  # a new row length recompiles rather than going symbolic
     if ddp:
         model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[local_rank] if device.type == "cuda" else None)

@@ -59,7 +59,7 @@ model.train()
 model.gradient_checkpointing = args.grad_checkpoint
 if args.compile:
     for block in model.layers:
-        block.compile()
+        block.compile(dynamic=False)
 optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, betas=(0.9, 0.95), fused=device.type == "cuda")
 print(f"{gpu}: {model.num_params():,} parameters, torch {torch.__version__}, compile {args.compile}, "
       f"grad checkpoint {args.grad_checkpoint}")
