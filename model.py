@@ -369,9 +369,10 @@ def git_commit():
         return None
 
 
-def save_checkpoint(out_dir, model, tokenizer, meta, shard_bytes=SHARD_BYTES):
+def save_checkpoint(out_dir, model, tokenizer, meta, shard_bytes=SHARD_BYTES, extra_files=None):
     """Write a checkpoint atomically: everything goes to a temporary sibling directory that is renamed into
-    place only when complete, so an interrupted save never leaves a directory that loads."""
+    place only when complete, so an interrupted save never leaves a directory that loads.
+    extra_files {name: write(path)} adds files (trainer state, metrics) that must always match the weights."""
     out_dir = os.path.abspath(out_dir)
     tmp = f"{out_dir}.tmp{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -400,6 +401,8 @@ def save_checkpoint(out_dir, model, tokenizer, meta, shard_bytes=SHARD_BYTES):
     tokenizer.save(tmp)
     with open(os.path.join(tmp, "meta.json"), "w") as f:
         json.dump({"commit": git_commit(), **meta}, f, indent=1, default=str)
+    for name, write in (extra_files or {}).items():
+        write(os.path.join(tmp, name))
     if os.path.exists(out_dir):  # replacing an earlier checkpoint of the same run
         old = f"{out_dir}.old{os.getpid()}"
         os.rename(out_dir, old)

@@ -37,7 +37,6 @@ import json
 import math
 import os
 import random
-import shutil
 import sys
 import time
 
@@ -49,11 +48,10 @@ from tqdm import tqdm
 from data.answers import find_answer, is_correct
 from data.prepare import DATA_DIR
 from evaluate import build_prompt, evaluate_task, load_task
-from model import generate, load_checkpoint, save_checkpoint
+from model import generate, load_checkpoint
+from sft import METRICS_FILE, STATE_FILE, save_run
 
 AGGREGATIONS = ("token", "grpo", "drgrpo")
-STATE_FILE = "trainer_state.pt"
-METRICS_FILE = "metrics.jsonl"
 EVAL_TASK = {"math": "math500"}  # tasks without a test split of their own
 
 
@@ -375,22 +373,9 @@ def main(argv=None):
         else:
             ranks = [mine_state]
         if master:
-            out = os.path.abspath(out_dir)
-            staging = f"{out}.staging"
-            shutil.rmtree(staging, ignore_errors=True)
-            save_checkpoint(staging, model, tokenizer, {"stage": "rl", "parent": args.ckpt, "args": vars(args),
-                                                        "metrics": metrics})
-            torch.save({"step": step, "optimizer": opt.state_dict(), "ranks": ranks},
-                       os.path.join(staging, STATE_FILE))
-            with open(os.path.join(staging, METRICS_FILE), "w") as f:
-                f.writelines(json.dumps(r) + "\n" for r in history)
-            if os.path.exists(out):
-                old = f"{out}.old{os.getpid()}"
-                os.rename(out, old)
-                os.rename(staging, out)
-                shutil.rmtree(old)
-            else:
-                os.rename(staging, out)
+            save_run(out_dir, model, tokenizer, {"stage": "rl", "parent": args.ckpt, "args": vars(args),
+                                                 "metrics": metrics},
+                     {"step": step, "optimizer": opt.state_dict(), "ranks": ranks}, history)
         if ddp:
             dist.barrier()
 

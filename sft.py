@@ -30,7 +30,6 @@ import json
 import math
 import os
 import random
-import shutil
 import sys
 import time
 from contextlib import nullcontext
@@ -247,22 +246,13 @@ def held_out_loss(model, val, rank, world, batch_size, device):
 
 
 def save_run(out, model, tokenizer, meta, state, history):
-    """Checkpoint, trainer state and metrics in one atomic directory: they are staged together and swapped in
-    at once, so a crash never leaves weights without the optimizer state (or metrics) that match them."""
-    out = os.path.abspath(out)
-    staging = f"{out}.staging"
-    shutil.rmtree(staging, ignore_errors=True)
-    save_checkpoint(staging, model, tokenizer, meta)
-    torch.save(state, os.path.join(staging, STATE_FILE))
-    with open(os.path.join(staging, METRICS_FILE), "w") as f:
-        f.writelines(json.dumps(r) + "\n" for r in history)
-    if os.path.exists(out):
-        old = f"{out}.old{os.getpid()}"
-        os.rename(out, old)
-        os.rename(staging, out)
-        shutil.rmtree(old)
-    else:
-        os.rename(staging, out)
+    """Checkpoint, trainer state and metrics in one atomic directory, so a crash never leaves weights without
+    the optimizer state (or metrics) that match them."""
+    def write_metrics(path):
+        with open(path, "w") as f:
+            f.writelines(json.dumps(r) + "\n" for r in history)
+    save_checkpoint(out, model, tokenizer, meta,
+                    extra_files={STATE_FILE: lambda path: torch.save(state, path), METRICS_FILE: write_metrics})
 
 
 # ----------------------------------------------------------------------------------------------------------
