@@ -307,12 +307,11 @@ def main(argv=None):
     cuda = device.startswith("cuda")
     # Rollouts come from a bf16 copy of the policy on the GPU: decoding is memory-bound, and autocast would re-cast
     # every weight at every decoding step (model.py's cache also keeps the weights' dtype). The copy is refreshed
-    # after every update; logprob_diff shows what its precision costs. RoPE frequencies stay float32: in bf16,
-    # positions in the thousands would be rotated by wrong angles.
+    # after every update; logprob_diff shows what its precision costs. (RoPE frequencies stay float32: model.py
+    # recomputes them after every cast.)
     sampler = model
     if cuda:
         sampler = copy.deepcopy(model).to(torch.bfloat16).eval().requires_grad_(False)
-        sampler.inv_freq = model.inv_freq.clone()
     model.gradient_checkpointing = args.grad_ckpt
     if args.compile:
         # Per block: the identical blocks share one compiled graph. Generation runs eagerly (below): compiled

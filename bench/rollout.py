@@ -28,7 +28,7 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from model import Config, Transformer, generate, rope_frequencies  # noqa: E402
+from model import Config, Transformer, generate  # noqa: E402
 
 parser = argparse.ArgumentParser(description="rollout tokens/s, sliding window vs full attention, vs HF generate")
 parser.add_argument("--lengths", default="1024,4096,8192", help="completion lengths, comma-separated")
@@ -55,7 +55,6 @@ else:
                     rope_theta=100000.0, tie_embeddings=True)
 lengths = [int(x) for x in args.lengths.split(",")]
 model = Transformer(config).init_weights(0).to(device=device, dtype=dtype).eval()
-model.inv_freq = rope_frequencies(config).to(device)  # float32, as rl.py's sampler keeps it
 name = torch.cuda.get_device_name() if cuda else "CPU"
 print(f"{name}: {model.num_params() / 1e6:.1f}M parameters, {dtype}, prompt {args.prompt_len} tokens")
 
