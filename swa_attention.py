@@ -22,7 +22,7 @@ Paths:
     compiled  the chunked path under torch.compile.
     sdpa      F.scaled_dot_product_attention with a dense (T x S) mask: the reference and fallback.
     flex      torch.nn.attention.flex_attention with a cached block mask: the fast GPU path.
-    auto      flash SDPA for plain full attention, flex on GPU, chunked on CPU.
+    auto      flash SDPA for plain full attention; on GPU sdpa for short sequences, else flex; chunked on CPU.
 
 Timings: `python bench/attention.py`.
 """
@@ -32,6 +32,10 @@ import torch
 import torch.nn.functional as F
 
 IMPLS = ("auto", "chunked", "compiled", "sdpa", "flex")
+# flex_attention compiles a kernel for every new shape, which takes seconds: worth it for long sequences and the
+# fixed shapes of SFT, not for rollouts and evaluation batches, which come in ever-new short lengths. Up to this
+# many scores per head, `auto` on a GPU takes the dense mask instead.
+DENSE_MAX_SCORES = 1024 * 1024
 
 
 def document_starts(doc_ids):
@@ -44,20 +48,101 @@ def document_starts(doc_ids):
 
 
 def chunked_attention(q, k, v, window, sinks=0, q_offset=0, doc_ids=None):
-    """Blocked sliding-window attention in plain PyTorch.
+    """Blocked sliding-window attention in plain PyTorch: O(T * window) work and memory, never a T x T matrix.
 
-    Queries are cut into blocks of P = min(window, T). The keys a block can see form one span of
-    L = P + window - 1 keys ending at the block's last query, so each block is a small dense attention of P
-    queries against L keys under a band mask. All blocks go to SDPA at once as a batch: O(T * window) work
-    and memory, and SDPA's fused kernels never write the block scores out.
-    Sink keys lie outside the span, so they are appended to every block's keys.
+    Cut the queries into blocks of P. The keys a block can see form one span, from W - 1 keys before its first
+    query to its last query: L = P + W - 1 keys. So each block is a small dense attention, P queries against
+    L keys under a band mask, and the band is the same for every block, because it depends only on how far
+    a key lies from a query. SDPA takes all the blocks in one call, with one small (P, L) mask for all of
+    them, and its fused kernels never write the scores out. The spans overlap; they are views into k and v,
+    never copies.
+
+    Two blocks have shapes of their own and get an SDPA call each: the head, the first queries, whose window
+    reaches back to key 0 (their span is cut short there), and the tail, the queries left after the last
+    full block. Packed documents and sinks give every block a different mask: `_chunked_masked`.
     """
     B, Hq, T, D = q.shape
     Hkv, S = k.shape[1], k.shape[2]
-    assert S >= q_offset + T, "the queries must be the last T of the keys (or earlier)"
-    W = q_offset + T if window is None else min(window, q_offset + T)
-    sinks = 0 if window is None else min(sinks, q_offset + T)
-    P = min(W, T)
+    end = q_offset + T  # every key a query can see lies before key `end`
+    assert S >= end, "the queries must be the last T of the keys (or earlier)"
+    W = end if window is None else min(window, end)
+    sinks = 0 if window is None else min(sinks, end)
+    if doc_ids is not None or sinks:
+        return _chunked_masked(q, k, v, W, sinks, q_offset, doc_ids)
+
+    # SDPA's batch: one row per (sequence, key head), holding the G query heads that share that key head
+    # (`_attend`). Merging B with the heads is free for contiguous tensors, and doing it before cutting out
+    # the spans means that at worst the keys get copied once, never the overlapping spans.
+    G = Hq // Hkv
+    q = q.reshape(B * Hkv, G, T, D)
+    k, v = k.reshape(B * Hkv, S, D), v.reshape(B * Hkv, S, D)
+
+    P = _block_size(W)
+    head = min(T, max(0, W - q_offset))  # the queries at keys 0..W-1: each sees every key before it
+    n = (T - head) // P  # whole blocks after the head
+    tail = T - head - n * P
+    out = []
+    for first, count, size in (0, 1, head), (head, n, P), (T - tail, 1, tail):  # first query, blocks, block size
+        if count * size == 0:
+            continue
+        stop = q_offset + first + size  # one past the first block's last query, as a key index
+        span = min(size + W - 1, stop)  # W - 1 keys before a block's first query to its last one; cut at key 0
+        blocks = q[:, :, first:first + count * size].unflatten(2, (count, size))  # (B*Hkv, G, count, size, D)
+        # Block b's span: keys [stop - span, stop) moved on by b * size. unfold makes them a view of k and v.
+        k_span, v_span = (x[:, stop - span:stop + (count - 1) * size].unfold(1, span, size).transpose(2, 3)
+                          for x in (k, v))  # (B*Hkv, count, span, D)
+        # A square block that its window covers (the head when q_offset is 0) is plain causal attention:
+        # SDPA runs that with its flash kernel, which takes no mask.
+        causal = span == size <= W
+        out.append(_attend(blocks, k_span, v_span, None if causal else band_mask(size, span, W, q.device)))
+    return torch.cat([o.flatten(2, 3) for o in out], dim=2).view(B, Hq, T, D)
+
+
+def _block_size(W):
+    # A block of P queries computes P + W - 1 scores per query where at most W are needed, so small blocks
+    # waste less work. But in the backward pass every span gets its own gradient, (P + W - 1) / P times the
+    # size of k (and of v). P = W / 2 computes 1.5x the scores needed and keeps that 3x.
+    return max(1, W // 2)
+
+
+def band_mask(num_queries, num_keys, window, device=None):
+    """(num_queries, num_keys) mask for queries that are the last of the keys: each sees itself and the
+    window - 1 keys before it."""
+    i = torch.arange(num_keys - num_queries, num_keys, device=device)[:, None]  # the queries' key indices
+    j = torch.arange(num_keys, device=device)
+    return (j <= i) & (i - j < window)
+
+
+def _attend(q, k, v, mask):
+    """One SDPA call for many blocks. q: (N, G, H, P, D), k and v: (N, H, L, D), mask: broadcastable to
+    (N, H, P, L), or None for causal (P == L). Returns (N, G, H, P, D).
+
+    The G query heads that share a key head (grouped-query attention) are stacked into G * P rows against the
+    same keys, so the keys are never repeated per query head; the mask is repeated instead, and it is small.
+    """
+    N, G, H, P, D = q.shape
+    rows = q.transpose(1, 2).reshape(N, H, G * P, D)  # a view when G == 1
+    if mask is None and G > 1:  # is_causal counts rows, and the stacked rows start over every P
+        mask = torch.ones(P, P, dtype=torch.bool, device=q.device).tril()
+    if mask is None:
+        out = F.scaled_dot_product_attention(rows, k, v, is_causal=True)
+    else:
+        out = F.scaled_dot_product_attention(rows, k, v, attn_mask=mask.tile(G, 1))
+    return out.view(N, H, G, P, D).transpose(1, 2)
+
+
+def _chunked_masked(q, k, v, W, sinks, q_offset, doc_ids):
+    """The blocked path when blocks need masks of their own: packed documents, padding, attention sinks.
+
+    The same blocks, but the keys are padded in front so that every block has a full span (padding keys are
+    masked), each block's (P, L) mask also checks document ids, and sink keys, which lie outside the spans,
+    are appended to every block. SDPA shares a mask only across heads, so here its batch is (sequence, block)
+    and its heads are the key heads; that layout copies the spans.
+    """
+    B, Hq, T, D = q.shape
+    Hkv, S = k.shape[1], k.shape[2]
+    G = Hq // Hkv
+    P = min(_block_size(W), T)
     L = P + W - 1
     n = -(-T // P)  # blocks
     packed = doc_ids is not None
@@ -73,13 +158,11 @@ def chunked_attention(q, k, v, window, sinks=0, q_offset=0, doc_ids=None):
     v_span = v_pad.unfold(2, L, P).permute(0, 2, 1, 4, 3)
     key_doc = doc_pad.unfold(1, L, P)  # (B, n, L)
     q_doc = F.pad(doc_ids[:, q_offset:q_offset + T], (0, n * P - T), value=-1).view(B, n, P)
-    q_blocks = F.pad(q, (0, 0, 0, n * P - T)).view(B, Hq, n, P, D).transpose(1, 2)  # (B, n, Hq, P, D)
+    q_blocks = F.pad(q, (0, 0, 0, n * P - T)).view(B, Hkv, G, n, P, D).permute(0, 3, 2, 1, 4, 5)  # (B, n, G, Hkv, P, D)
 
-    # Query r of a block sees span key c iff r <= c <= r + W - 1: causal and inside the window.
-    r = torch.arange(P, device=q.device)[:, None]
-    c = torch.arange(L, device=q.device)[None, :]
-    band = (c >= r) & (c <= r + W - 1)
-    allowed = band & (q_doc[..., :, None] == key_doc[..., None, :]) & (key_doc[..., None, :] >= 0)  # (B, n, P, L)
+    # A span key must be in the query's window (the band) and in the query's document.
+    same_doc = (q_doc[..., :, None] == key_doc[..., None, :]) & (key_doc[..., None, :] >= 0)
+    allowed = band_mask(P, L, W, q.device) & same_doc  # (B, n, P, L)
 
     if sinks:
         # Sink s of query i is key start(i) + s, counted here only when it lies before i's window.
@@ -101,14 +184,10 @@ def chunked_attention(q, k, v, window, sinks=0, q_offset=0, doc_ids=None):
 
     # A query with nothing to attend (padding) would give NaN; let it see everything, then zero it.
     has_keys = allowed.any(-1, keepdim=True)
-    mask = (allowed | ~has_keys).flatten(0, 1)[:, None]
-    G = Hq // Hkv
-    if G > 1:
-        k_span, v_span = (x.repeat_interleave(G, dim=2) for x in (k_span, v_span))
-    out = F.scaled_dot_product_attention(q_blocks.flatten(0, 1), k_span.flatten(0, 1), v_span.flatten(0, 1),
-                                         attn_mask=mask)
-    out = out.view(B, n, Hq, P, D) * has_keys[:, :, None]
-    return out.transpose(1, 2).reshape(B, Hq, n * P, D)[:, :, :T]
+    mask = (allowed | ~has_keys).flatten(0, 1)[:, None]  # (B*n, 1, P, keys)
+    out = _attend(q_blocks.flatten(0, 1), k_span.flatten(0, 1), v_span.flatten(0, 1), mask)  # (B*n, G, Hkv, P, D)
+    out = out.view(B, n, G, Hkv, P, D) * has_keys[:, :, None, None]
+    return out.permute(0, 3, 2, 1, 4, 5).reshape(B, Hq, n * P, D)[:, :, :T]
 
 
 def dense_mask(T, S, window, sinks, q_offset, doc_ids, device):
@@ -200,7 +279,12 @@ def sliding_window_attention(q, k, v, window, sinks=0, impl="auto", q_offset=0, 
         plain_causal = window is None and doc_ids is None and q_offset == 0 and q.shape[2] == k.shape[2]
         if plain_causal:
             return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=q.shape[1] != k.shape[1])
-        impl = "flex" if q.is_cuda else "chunked"
+        if not q.is_cuda:
+            impl = "chunked"
+        elif q.shape[2] * k.shape[2] <= DENSE_MAX_SCORES:
+            impl = "sdpa"
+        else:
+            impl = "flex"
     if impl == "chunked":
         return chunked_attention(q, k, v, window, sinks, q_offset, doc_ids)
     if impl == "compiled":

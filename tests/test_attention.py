@@ -36,6 +36,12 @@ CASES = [  # T, q_offset, window, sinks, Hq, Hkv, docs
     (12, 0, 3, 1, 2, 1, "left_pad"),
     (17, 0, 5, 2, 4, 2, "packed"),
     (12, 0, None, 0, 2, 2, "packed"),
+    # Blocks of the chunked path (no documents, no sinks): a head whose window reaches key 0, whole blocks, a tail.
+    (3, 0, 4, 0, 2, 2, None),  # fewer queries than the window: the head is everything
+    (8, 0, 4, 0, 2, 1, None),  # the queries after the head fill whole blocks; GQA in the causal head
+    (9, 0, 4, 0, 4, 2, None),  # one query past the whole blocks
+    (7, 2, 4, 0, 4, 2, None),  # an offset inside the first window: a head that is not square, and a tail
+    (7, 6, 5, 0, 2, 1, None),  # an offset past the window: no head
 ]
 
 
@@ -86,11 +92,31 @@ def test_flex_forward_matches_reference(case):
     torch.testing.assert_close(out, reference(q, k, v, window, sinks, q_offset, docs), rtol=1e-9, atol=1e-9)
 
 
-def test_compiled_matches_chunked():
+def test_chunked_strided_inputs_and_later_keys():
+    # The model's q, k, v are transposed views of (B, T, H, D) tensors, and keys may go on past the last query.
+    torch.manual_seed(3)
+    B, Hq, Hkv, T, q_offset, S, D = 2, 4, 2, 11, 3, 19, 8
+    q = torch.randn(B, T, Hq, D, dtype=torch.float64, requires_grad=True)
+    k = torch.randn(B, S, Hkv, D, dtype=torch.float64, requires_grad=True)
+    v = torch.randn(B, S, Hkv, D, dtype=torch.float64, requires_grad=True)
+    args = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+    out = sliding_window_attention(*args, 4, impl="chunked", q_offset=q_offset)
+    ref = reference(*args, 4, 0, q_offset, None)
+    torch.testing.assert_close(out, ref, rtol=1e-9, atol=1e-9)
+    grad = torch.randn_like(out)
+    got = torch.autograd.grad((out * grad).sum(), (q, k, v))
+    want = torch.autograd.grad((ref * grad).sum(), (q, k, v))
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("sinks", [0, 2])  # the blocked path, and the path with a mask per block
+def test_compiled_matches_chunked(sinks):
     torch.manual_seed(2)
-    q, k, v = torch.randn(3, 1, 2, 37, 8)
-    want = sliding_window_attention(q, k, v, 5, 2, impl="chunked")
-    got = sliding_window_attention(q, k, v, 5, 2, impl="compiled")
+    q = torch.randn(3, 4, 37, 8)
+    k, v = torch.randn(2, 3, 2, 37, 8)
+    want = sliding_window_attention(q, k, v, 5, sinks, impl="chunked")
+    got = sliding_window_attention(q, k, v, 5, sinks, impl="compiled")
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 
 
