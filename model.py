@@ -116,18 +116,30 @@ class LayerCache:
         self.empty = True
 
     def attend(self, q, k, v, positions):
-        """Attention of new queries over the cached keys plus the new keys, then store the new keys."""
-        keys = torch.cat([self.k, k], dim=2)
-        values = torch.cat([self.v, v], dim=2)
-        kpos = torch.cat([self.positions, positions], dim=1)[:, None, :]
-        qpos = positions[:, :, None]
+        """Attention of new queries over the cached keys plus the new keys; the new keys are stored."""
+        if q.shape[2] == 1:
+            # One new token per row (decoding): the slot it takes held a key already outside its window, so
+            # store first and attend over the cache in place rather than copying the cache every step.
+            self.store(k, v, positions)
+            keys, values, kpos = self.k, self.v, self.positions
+        else:
+            # A chunk may overwrite ring slots its own earlier queries still need: attend first, then store.
+            keys, values = torch.cat([self.k, k], dim=2), torch.cat([self.v, v], dim=2)
+            kpos = torch.cat([self.positions, positions], dim=1)
+        kpos, qpos = kpos[:, None, :], positions[:, :, None]
         allowed = (kpos >= 0) & (kpos <= qpos)
         if self.window is not None:
             allowed &= (qpos - kpos < self.window) | (kpos < self.sinks)
-        has_keys = allowed.any(-1, keepdim=True)
-        out = F.scaled_dot_product_attention(q, keys, values, attn_mask=(allowed | ~has_keys)[:, None],
-                                             enable_gqa=q.shape[1] != k.shape[1])
-        self.store(k, v, positions)
+        has_keys = allowed.any(-1, keepdim=True)  # (B, T, 1)
+        # Grouped-query attention without copying keys: the G query heads that share a key head become G
+        # times as many query rows of that head.
+        B, Hq, T, D = q.shape
+        G = Hq // k.shape[1]
+        q = q.reshape(B, Hq // G, G * T, D)
+        mask = (allowed | ~has_keys).repeat(1, G, 1)[:, None]
+        out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask).reshape(B, Hq, T, D)
+        if T > 1:
+            self.store(k, v, positions)
         return out * has_keys[:, None]
 
     def store(self, k, v, positions):
@@ -244,11 +256,15 @@ class Transformer(nn.Module):
                 p.data.copy_(torch.randn(p.shape, generator=g) * 0.02)
         return self
 
-    def forward(self, idx, doc_ids=None, cache=None):
+    def forward(self, idx, doc_ids=None, cache=None, targets=None, loss_fn=None):
         """idx (B, T) token ids -> logits (B, T, vocab) in float32.
 
         doc_ids (B, T): document id of each token, -1 for padding; positions restart in each document.
         cache: a Cache when generating; rows may be left-padded (doc id -1) in the first chunk.
+        targets (B, T): next-token ids, -1 where there is no loss. Given, forward returns the cross-entropy
+        summed over the targets >= 0 instead of the logits, as loss_fn(x, head_weight, targets) on the final
+        hidden states x (B, T, dim); the default goes through float32 logits and F.cross_entropy. sft.py's
+        compiled loss_fn computes the same without writing the float32 logits out.
         """
         B, T = idx.shape
         if cache is not None:
@@ -270,7 +286,12 @@ class Transformer(nn.Module):
                 x = layer(x, cos, sin, doc_ids, positions, layer_cache)
         x = self.norm(x)
         head = self.embed_tokens.weight if self.config.tie_embeddings else self.lm_head.weight
-        return F.linear(x, head).float()
+        if targets is None:
+            return F.linear(x, head).float()
+        if loss_fn is not None:
+            return loss_fn(x, head, targets)
+        logits = F.linear(x, head).float()
+        return F.cross_entropy(logits.flatten(0, -2), targets.flatten(), ignore_index=-1, reduction="sum")
 
     def make_cache(self, batch, max_len):
         return Cache(self.config, batch, max_len, self.embed_tokens.weight.dtype, self.embed_tokens.weight.device)
@@ -319,10 +340,46 @@ def sample_next(logits, temperature, top_k, top_p, generator):
     return tokens, logprobs.gather(-1, tokens[:, None]).squeeze(-1)
 
 
+def graphed_decode_step(model, cache, batch):
+    """model(tokens, doc_ids, cache) for one new token per row, captured once as a CUDA graph and replayed.
+
+    A small model's decoding step is a few hundred tiny kernels, and on a GPU launching them one by one takes
+    longer than running them. The step reads and writes only tensors that keep their addresses (the cache is
+    updated in place, the inputs are copied into fixed buffers), so replaying the graph is the same step.
+    """
+    device = cache.seen.device
+    tokens = torch.zeros(batch, 1, dtype=torch.long, device=device)
+    doc_ids = torch.zeros(batch, 1, dtype=torch.long, device=device)
+    graph, logits, warmups = None, None, 2
+
+    def step(new_tokens, new_doc_ids):
+        nonlocal graph, logits, warmups
+        tokens.copy_(new_tokens)
+        doc_ids.copy_(new_doc_ids)
+        if warmups:  # capturing needs a few eager runs first, on a side stream; they are real steps
+            warmups -= 1
+            side = torch.cuda.Stream(device)
+            side.wait_stream(torch.cuda.current_stream(device))
+            with torch.cuda.stream(side):
+                out = model(tokens, doc_ids=doc_ids, cache=cache)[:, -1]
+            torch.cuda.current_stream(device).wait_stream(side)
+            return out
+        if graph is None:  # capturing records the kernels without running them
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                logits = model(tokens, doc_ids=doc_ids, cache=cache)[:, -1]
+        graph.replay()
+        return logits
+
+    return step
+
+
 @torch.no_grad()
-def generate(model, prompts, max_new_tokens, temperature=0.0, top_k=None, top_p=None, stop_tokens=(), generator=None):
+def generate(model, prompts, max_new_tokens, temperature=0.0, top_k=None, top_p=None, stop_tokens=(), generator=None,
+             cuda_graph=True):
     """Batched sampling from left-padded prompts through the KV cache. Each row stops on its own at a stop
-    token (which is kept) or after max_new_tokens. Returns (tokens, logprobs), lists of lists per row."""
+    token (which is kept) or after max_new_tokens. Returns (tokens, logprobs), lists of lists per row.
+    On a GPU the decoding step runs as a CUDA graph (cuda_graph=False: eagerly, for comparison)."""
     device = model.embed_tokens.weight.device
     B, longest = len(prompts), max(len(p) for p in prompts)
     idx = torch.zeros(B, longest, dtype=torch.long, device=device)
@@ -332,6 +389,11 @@ def generate(model, prompts, max_new_tokens, temperature=0.0, top_k=None, top_p=
         doc_ids[row, longest - len(p):] = 0
     cache = model.make_cache(B, longest + max_new_tokens)
     logits = model(idx, doc_ids=doc_ids, cache=cache)[:, -1]
+    if cuda_graph and device.type == "cuda":
+        step = graphed_decode_step(model, cache, B)
+    else:
+        def step(tokens, doc_ids):
+            return model(tokens, doc_ids=doc_ids, cache=cache)[:, -1]
     stop = torch.tensor(list(stop_tokens), dtype=torch.long, device=device)
     done = torch.zeros(B, dtype=torch.bool, device=device)
     tokens, logprobs = [], []
@@ -344,7 +406,7 @@ def generate(model, prompts, max_new_tokens, temperature=0.0, top_k=None, top_p=
         if done.all():
             break
         # Finished rows are fed as padding: they write nothing to the cache.
-        logits = model(next_tokens[:, None], doc_ids=torch.where(active, 0, -1)[:, None], cache=cache)[:, -1]
+        logits = step(next_tokens[:, None], torch.where(active, 0, -1)[:, None])
     tokens = torch.stack(tokens, 1).tolist() if tokens else [[] for _ in range(B)]
     logprobs = torch.stack(logprobs, 1).tolist() if logprobs else [[] for _ in range(B)]
     stops = set(stop_tokens)

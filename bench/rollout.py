@@ -39,6 +39,7 @@ parser.add_argument("--max-batch", type=int, default=1024, help="largest batch s
 parser.add_argument("--steps", type=int, default=32, help="timed decoding steps per measurement")
 parser.add_argument("--hf-batch", type=int, default=64, help="batch of the Hugging Face comparison")
 parser.add_argument("--hf-length", type=int, default=1024, help="completion length of the Hugging Face comparison")
+parser.add_argument("--graph-batch", type=int, default=256, help="batch of the CUDA graph vs eager comparison")
 parser.add_argument("--no-hf", action="store_true", help="skip the Hugging Face comparison")
 parser.add_argument("--smoke", action="store_true", help="tiny model and sizes on the CPU")
 args = parser.parse_args()
@@ -128,6 +129,28 @@ for length, window, batch, tps, ms, peak in rows:
     ratio = f"{tps / full:.2f}x" if window and full else ""
     print(f"| {length} | {att} | {batch} | {tps:,.0f} | {ms:.1f} | {peak:.1f} | {ratio} |" if peak is not None else
           f"| {length} | {att} | {batch} | {tps:,.0f} | {ms:.1f} | - | {ratio} |")
+
+# -- the decoding step as a CUDA graph vs launched kernel by kernel ----------------------------------------------
+if cuda:
+    vars(model).pop("make_cache", None)
+    prompts = torch.randint(0, config.vocab_size, (args.graph_batch, args.prompt_len),
+                            generator=torch.Generator().manual_seed(2)).tolist()
+    print(f"\nDecoding step as one CUDA graph vs eager kernels: batch {args.graph_batch}, 256 greedy tokens")
+    print("| attention | eager tokens/s | graph tokens/s | speed-up | same tokens |")
+    print("|---|---|---|---|---|")
+    for window in (args.window, None):
+        model.set_window(window)
+        out, rate = {}, {}
+        for graph in (False, True):
+            generate(model, prompts, 8, cuda_graph=graph)  # warm-up
+            sync()
+            t0 = time.time()
+            out[graph], _ = generate(model, prompts, 256, cuda_graph=graph)
+            sync()
+            rate[graph] = sum(map(len, out[graph])) / (time.time() - t0)
+        print(f"| {f'window {window}' if window else 'full'} | {rate[False]:,.0f} | {rate[True]:,.0f} | "
+              f"{rate[True] / rate[False]:.2f}x | {out[False] == out[True]} |")
+    model.set_window(None)
 
 # -- the same weights in Hugging Face transformers -----------------------------------------------------------
 try:

@@ -4,6 +4,7 @@ nothing, an interrupted run resumes exactly, bad input gives one clear line.
 
     python -m pytest -q tests/test_sft.py
 """
+import functools
 import json
 import os
 import subprocess
@@ -102,6 +103,37 @@ def test_masked_positions_get_no_gradient():
     changed = targets.clone()
     changed[(targets < 0) & (doc_ids >= 0)] = -1
     assert torch.equal(base, sft.loss_sum(model, idx, changed, doc_ids))
+
+
+@functools.cache
+def compiled_head_loss():  # one compiled function for every test that needs it: compiling takes seconds
+    return sft.compiled_head_loss()
+
+
+@pytest.mark.parametrize("tie", [True, False])
+def test_loss_paths_match_log_softmax_of_full_logits(tie):
+    """The model's loss path and sft.head_loss, eager and compiled, give the loss and the gradients of the plain
+    formula: log-softmax of the full logits, summed at the kept targets. The rows hold prompt tokens, document
+    boundaries and padding, all with target -1."""
+    tok = toy_tokenizer()
+    model = Transformer(Config(vocab_size=tok.vocab_size, window=16, sinks=1, tie_embeddings=tie)).init_weights(0)
+    exs = examples(tok, 3)
+    idx, targets, doc_ids = sft.pack(exs, len(exs[0][0]) + len(exs[1][0]) + 5)  # two rows: 2 documents, then 1
+    assert (targets < 0).any() and (targets >= 0).any() and (doc_ids < 0).any()
+    params = list(model.parameters())
+
+    def loss_and_grads(loss):
+        return loss.detach(), torch.autograd.grad(loss, params)
+
+    logprobs = torch.log_softmax(model(idx, doc_ids=doc_ids), dim=-1)
+    kept = targets >= 0
+    picked = logprobs.gather(-1, targets.clamp(min=0)[..., None]).squeeze(-1)
+    ref_loss, ref_grads = loss_and_grads(-(picked * kept).sum())
+    for loss_fn in (None, sft.head_loss, compiled_head_loss()):
+        loss, grads = loss_and_grads(sft.loss_sum(model, idx, targets, doc_ids, loss_fn))
+        torch.testing.assert_close(loss, ref_loss, rtol=1e-6, atol=1e-5)
+        for g, ref in zip(grads, ref_grads):
+            torch.testing.assert_close(g, ref, rtol=1e-5, atol=1e-6)
 
 
 def test_packed_batch_equals_examples_one_by_one():
