@@ -1,30 +1,55 @@
 """
-Summarise one run.sh preset: runs/<preset>/REPORT.md from the runs' own JSON, nothing typed in.
+Summarise one run.sh preset: runs/<preset>/REPORT.md and its plots, written from the runs' own JSON.
 
-    python report.py runs/tiny          # written by `bash run.sh tiny` as its last step
+    python report.py runs/tiny          # run.sh's last step
 
-Reads
-    <run>/eval/summary.json          evaluate.py's metrics per checkpoint label and task
-    <run>/<arm>-rl/metrics.jsonl     rl.py's per-step log (reward), for arm in sa, swa
-    <run>/<ckpt>/config.json         the attention window each checkpoint was evaluated under
-Writes
-    <run>/REPORT.md                  table (attention x stage: accuracy per task, mean completion length,
-                                     generation tokens/s, peak memory), the gap recovered by RL, the plot
-    <run>/rl_reward.png              reward over RL steps, when matplotlib is importable (otherwise a note)
+Reads the layout run.sh writes:
+    <run>/base/                       the full-attention starting checkpoint (its tokenizer counts tokens)
+    <run>/sa-{sft,rl}/                the full-attention (SA) arm; config.json holds the window (null)
+    <run>/swa<W>-{sft,rl}/            one sliding-window (SWA) arm per window W; rl dirs hold metrics.jsonl
+    <run>/eval/summary.json           evaluate.py's metrics per label and task
+    <run>/eval/<label>/<task>.jsonl   evaluate.py's per-problem records (prompt, completions, correct, ...)
+A label is a checkpoint directory name, plus -window<W>-sinks<S> when evaluate.py overrode the window:
+base-windowNone-sinks0 is the unconverted model, base-window64-sinks0 the converted one before any training.
 
-Gap recovered by RL = (SWA-RL - SWA-SFT) / (SA-SFT - SWA-SFT), per task, on accuracy; "undefined" when the
-denominator is ~0 (SFT left no gap to recover).
+Writes, next to the runs:
+    REPORT.md                a table (attention x stage: accuracy per task, mean completion length, generation
+                             tokens/s, peak memory), the gap recovered by RL, RL curves, trajectory analysis
+    rl_reward.png            mean reward per RL step, one line per arm
+    rl_accuracy.png          held-out accuracy over RL steps (training accuracy when rl.py logged none)
+    rl_length.png            mean completion length per RL step
+    accuracy_vs_window.png   accuracy on the main task against the window each model was evaluated under
+A PNG is written only when there is data for it. Plots are drawn with numpy and encoded to PNG here.
+
+Definitions (also stated in the report):
+    standard error       sqrt(p (1 - p) / n) over a task's n problems (binomial; each row is one run)
+    gap recovered by RL  (SWA-RL - SWA-SFT) / (SA-SFT - SWA-SFT), per window and task, on accuracy;
+                         "undefined" when the denominator is ~0 (SFT left no gap to recover)
+    trajectory metrics   see trajectory_stats()
 
 Test: python -m pytest -q tests/test_report.py
 """
 
 import argparse
+import bisect
 import json
+import math
 import os
+import re
+import struct
+import zlib
 
-ARMS = {"sa": "SA (full)", "swa": "SWA"}
-STAGES = [("pretrained", "before SFT"), ("sft", "SFT"), ("rl", "SFT + RL")]
+import numpy as np
+
+from tokenizer import CHATML, Tokenizer
+
 EPS = 1e-9
+LABEL_RE = re.compile(r"^(.+?)(?:-window(None|\d+)-sinks(\d+))?$")
+ARM_RE = re.compile(r"^(sa|swa(\d+))-(sft|rl)$")  # sa-sft, swa64-rl; replicates such as swa64-rl-seed1 don't match
+STAGES = {"base": "before SFT", "sft": "SFT", "rl": "SFT + RL"}
+MATH_TASKS = ("gsm8k", "svamp", "asdiv", "math500")  # the trajectory analysis reads the first one evaluated
+NUMBER_RE = re.compile(r"\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d+)?")  # 7, 12.5, 1,200
+COMPUTATION_RE = re.compile(rf"(?:{NUMBER_RE.pattern})\s*[-+*/×÷]\s*\d")  # a number, an operator, a number
 
 
 def load_json(path):
@@ -39,41 +64,52 @@ def load_jsonl(path):
         return [json.loads(line) for line in f if line.strip()]
 
 
-def checkpoint_window(run_dir, ckpt):
-    """The window a checkpoint was trained/evaluated under (its config.json), or None when unknown/full."""
-    path = os.path.join(run_dir, ckpt, "config.json")
-    return load_json(path).get("window") if os.path.exists(path) else None
+def fmt(value, spec):
+    return "-" if value is None else format(value, spec)
 
 
-def find_rows(summary, run_dir):
-    """(arm, stage label, summary entry) for every evaluation that belongs in the table, in table order.
-    Labels follow evaluate.py: the checkpoint directory name, plus -window<W>-sinks<S> for a window override."""
-    rows = []
-    for arm in ARMS:
-        for stage, stage_name in STAGES:
-            if stage == "pretrained":
-                # the model before SFT, evaluated with the window overridden: full for SA, any integer for SWA
-                for label, entry in summary.items():
-                    if label.startswith("pretrained-window"):
-                        full = label.startswith("pretrained-windowNone")
-                        if full == (arm == "sa"):
-                            rows.append((arm, stage_name, label, entry))
-            elif f"{arm}-{stage}" in summary:
-                rows.append((arm, stage_name, f"{arm}-{stage}", summary[f"{arm}-{stage}"]))
-    return rows
+def window_text(window):
+    return "full" if window is None else str(window)
 
 
-def window_text(run_dir, label):
-    if "-window" in label:
-        w = label.split("-window", 1)[1].split("-sinks", 1)[0]
-        return "full" if w == "None" else w
-    w = checkpoint_window(run_dir, label)
-    return "full" if w is None else str(w)
+# -- what was evaluated --------------------------------------------------------------------------------------
+
+def evaluations(summary, run_dir):
+    """One dict per label in this layout, in table order: full attention first, then by window; within a window
+    the base model, then the SA arm, then the SWA arm, SFT before RL. Other labels are returned apart."""
+    rows, other = [], []
+    for label, entry in summary.items():
+        ckpt, window, sinks = LABEL_RE.match(label).groups()
+        arm = ARM_RE.match(ckpt)
+        if ckpt != "base" and arm is None:
+            other.append(label)
+            continue
+        trained = "base" if arm is None else arm.group(1)  # base, sa or swa<W>
+        trained_window = int(arm.group(2)) if arm and arm.group(2) else None
+        if window is None:  # evaluated as saved: the checkpoint's own window
+            path = os.path.join(run_dir, ckpt, "config.json")
+            config = load_json(path) if os.path.exists(path) else {}
+            window, sinks = config.get("window", trained_window), config.get("sinks") or 0
+        else:
+            window = None if window == "None" else int(window)
+        stage = "base" if arm is None else arm.group(3)
+        rows.append({"label": label, "entry": entry, "trained": trained, "stage": stage, "window": window,
+                     "sinks": int(sinks), "trained_window": trained_window})
+    rows.sort(key=lambda r: (r["window"] is not None, r["window"] or 0, r["sinks"],
+                             {"base": 0, "sa": 1}.get(r["trained"], 2),
+                             r["trained_window"] or 0, list(STAGES).index(r["stage"])))
+    return rows, other
 
 
 def accuracy(summary, label, task):
-    m = summary.get(label, {}).get("tasks", {}).get(task)
-    return None if m is None else m.get("accuracy")
+    """(accuracy, binomial standard error) of a label on a task; (None, None) when it was not evaluated."""
+    m = summary.get(label, {}).get("tasks", {}).get(task) or {}
+    p, n = m.get("accuracy"), m.get("n_problems")
+    return p, (math.sqrt(p * (1 - p) / n) if p is not None and n else None)
+
+
+def percent(p, se):
+    return "-" if p is None else f"{100 * p:.1f}" + (f" ± {100 * se:.1f}" if se is not None else "")
 
 
 def gap_recovered(sa_sft, swa_sft, swa_rl):
@@ -86,82 +122,346 @@ def gap_recovered(sa_sft, swa_sft, swa_rl):
     return (swa_rl - swa_sft) / denominator
 
 
-def fmt(value, spec):
-    return "-" if value is None else format(value, spec)
-
-
-def table(summary, run_dir):
-    rows = find_rows(summary, run_dir)
-    tasks = sorted({t for _, _, _, e in rows for t in e["tasks"]})
+def table(summary, rows, tasks):
     lines = ["| attention | window | stage | checkpoint | " + " | ".join(f"{t} accuracy (%)" for t in tasks)
              + " | mean completion tokens | generation tokens/s | peak memory (GB) |",
              "|---" * (len(tasks) + 7) + "|"]
-    for arm, stage_name, label, e in rows:
-        accs = [fmt(None if accuracy(summary, label, t) is None else 100 * accuracy(summary, label, t), ".1f")
-                for t in tasks]
+    for r in rows:
+        e = r["entry"]
+        stage = STAGES[r["stage"]]
+        if r["stage"] != "base" and r["trained_window"] != r["window"]:
+            stage += f" (trained at {window_text(r['trained_window'])})"  # e.g. the SA model run under a window
         lengths = [m["mean_completion_tokens"] for m in e["tasks"].values() if m.get("mean_completion_tokens")]
         mean_len = sum(lengths) / len(lengths) if lengths else None
-        lines.append(f"| {ARMS[arm]} | {window_text(run_dir, label)} | {stage_name} | {label} | " + " | ".join(accs)
+        lines.append(f"| {'SA (full)' if r['window'] is None else 'SWA'} | {window_text(r['window'])}"
+                     + (f" + {r['sinks']} sinks" if r["sinks"] else "") + f" | {stage} | {r['label']} | "
+                     + " | ".join(percent(*accuracy(summary, r["label"], t)) for t in tasks)
                      + f" | {fmt(mean_len, '.1f')} | {fmt(e.get('tokens_per_s'), '.0f')}"
                      + f" | {fmt(e.get('peak_memory_gb'), '.2f')} |")
-    return "\n".join(lines) + "\n", tasks
-
-
-def gap_lines(summary, tasks):
-    lines = []
-    for t in tasks:
-        sa_sft, swa_sft, swa_rl = (accuracy(summary, label, t) for label in ("sa-sft", "swa-sft", "swa-rl"))
-        g = gap_recovered(sa_sft, swa_sft, swa_rl)
-        values = ", ".join(f"{name} {fmt(v, '.4f')}" for name, v in
-                           (("SA-SFT", sa_sft), ("SWA-SFT", swa_sft), ("SWA-RL", swa_rl)))
-        note = ("; SWA-SFT is not behind SA-SFT, so there is no gap to recover and the ratio means little"
-                if g is not None and sa_sft < swa_sft else "")
-        lines.append(f"- {t}: {'undefined' if g is None else f'{g:.3f}'} ({values}{note})")
     return lines
 
 
-def rl_curves(run_dir):
-    return {arm: [(m["step"], m["reward"]) for m in load_jsonl(os.path.join(run_dir, f"{arm}-rl", "metrics.jsonl"))
-                  if "reward" in m and "step" in m] for arm in ARMS}
+def gap_table(summary, windows, tasks):
+    lines = ["| window | task | SA-SFT (%) | SWA-SFT (%) | SWA-RL (%) | gap recovered | note |",
+             "|---|---|---|---|---|---|---|"]
+    for w in windows:
+        for t in tasks:
+            (sa, sa_se), (sft, sft_se), (rl, rl_se) = (accuracy(summary, label, t)
+                                                       for label in ("sa-sft", f"swa{w}-sft", f"swa{w}-rl"))
+            g = gap_recovered(sa, sft, rl)
+            notes = []
+            if g is not None and sa < sft:
+                notes.append("SWA-SFT is not behind SA-SFT, so there is no gap to recover and the ratio means little")
+            if g is not None and None not in (sa_se, sft_se) and abs(sa - sft) < 2 * math.hypot(sa_se, sft_se):
+                notes.append("the SFT gap is within 2 standard errors: the ratio is mostly noise")
+            lines.append(f"| {w} | {t} | {percent(sa, sa_se)} | {percent(sft, sft_se)} | {percent(rl, rl_se)} | "
+                         f"{'undefined' if g is None else f'{g:.3f}'} | {'; '.join(notes) or '-'} |")
+    return lines
 
 
-def plot(curves, path):
-    """Reward over RL steps; returns a note for the report (the image link, or why there is none)."""
-    if not any(curves.values()):
-        return "No RL metrics found, no plot."
+# -- plots: a numpy canvas, a 3x5 bitmap font, a PNG encoder ------------------------------------------------
+
+# Each glyph is five rows of three pixels, one octal digit per row (4 = left pixel, 2 = middle, 1 = right).
+# Lower case is drawn as upper case.
+FONT_CODES = """
+0:75557 1:26227 2:71747 3:71717 4:55711 5:74717 6:74757 7:71111 8:75757 9:75717
+A:25755 B:65656 C:34443 D:65556 E:74647 F:74644 G:34553 H:55755 I:72227 J:11152 K:55655 L:44447 M:57755
+N:65555 O:25552 P:65644 Q:25563 R:65655 S:34216 T:72222 U:55557 V:55552 W:55775 X:55255 Y:55222 Z:71247
+.:00002 ,:00024 -:00700 %:51245 +:02720 (:12221 ):42224 /:11244 ::02020 =:07070 _:00007 ?:71302
+"""
+FONT = {code[0]: np.array([[int(row, 8) >> (2 - c) & 1 for c in range(3)] for row in code[2:]], bool)
+        for code in FONT_CODES.split()}
+FONT[" "] = np.zeros((5, 3), bool)
+BLACK, GREY = (0, 0, 0), (225, 225, 225)
+COLORS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),
+          (227, 119, 194), (127, 127, 127)]
+
+
+def text_mask(s, scale=2):
+    """A string as a boolean bitmap, one blank column between glyphs; unknown characters draw as '?'."""
+    mask = np.zeros((5, max(4 * len(s) - 1, 0)), bool)
+    for i, ch in enumerate(s.upper()):
+        mask[:, 4 * i:4 * i + 3] = FONT.get(ch, FONT["?"])
+    return mask.repeat(scale, 0).repeat(scale, 1)
+
+
+def draw_text(img, x, y, s, color=BLACK, align="left", vertical=False):
+    """Text vertically centred on y; x is its left end, centre or right end (align); vertical reads upwards."""
+    mask = text_mask(s)
+    if vertical:
+        mask = np.rot90(mask)
+    h, w = mask.shape
+    ys, xs = np.nonzero(mask)
+    ys, xs = ys + y - h // 2, xs + x - {"left": 0, "center": w // 2, "right": w}[align]
+    keep = (ys >= 0) & (ys < img.shape[0]) & (xs >= 0) & (xs < img.shape[1])  # clip what runs off the canvas
+    img[ys[keep], xs[keep]] = color
+
+
+def nice_ticks(lo, hi, n=5):
+    """About n round values (1, 2 or 5 times a power of ten apart) covering [lo, hi]."""
+    step = 10 ** math.floor(math.log10((hi - lo) / n))
+    step *= next(m for m in (1, 2, 5, 10) if (hi - lo) / (step * m) <= n)
+    return [t * step for t in range(math.ceil(lo / step), math.floor(hi / step) + 1)]
+
+
+def write_png(path, img):
+    """An RGB uint8 array as a PNG: signature, IHDR, one zlib-compressed IDAT (every row filter 0), IEND."""
+    h, w, _ = img.shape
+    raw = np.concatenate([np.zeros((h, 1), np.uint8), img.reshape(h, 3 * w)], axis=1).tobytes()
+
+    def chunk(kind, data):  # length, type, data, CRC of type + data
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    with open(path, "wb") as f:
+        f.write(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0))
+                + chunk(b"IDAT", zlib.compress(raw, 9)) + chunk(b"IEND", b""))
+
+
+def line_plot(path, title, series, xlabel, ylabel, xticks=None):
+    """Lines with square markers, one colour per series ({name: [(x, y), ...]}), a legend on the right.
+    xticks: [(x, label), ...] for a categorical axis; by default round values, whole numbers for whole x."""
+    series = {name: sorted(points) for name, points in series.items() if points}
+    width, height, left, right, top, bottom = 780, 440, 70, 600, 40, 385
+    img = np.full((height, width, 3), 255, np.uint8)
+    xs = [x for points in series.values() for x, _ in points] + [x for x, _ in xticks or []]
+    ys = [y for points in series.values() for _, y in points]
+
+    def padded(lo, hi):  # 5% margin so markers stay inside the frame; a single value gets a range around it
+        span = hi - lo or max(abs(hi), 1)
+        return lo - 0.05 * span, hi + 0.05 * span
+
+    (x_lo, x_hi), (y_lo, y_hi) = padded(min(xs), max(xs)), padded(min(ys), max(ys))
+
+    def px(x):
+        return round(left + (x - x_lo) / (x_hi - x_lo) * (right - left))
+
+    def py(y):
+        return round(bottom - (y - y_lo) / (y_hi - y_lo) * (bottom - top))
+
+    for t in nice_ticks(y_lo, y_hi):
+        img[py(t), left:right] = GREY
+        draw_text(img, left - 6, py(t), f"{t:.6g}", align="right")
+    if xticks is None:
+        xticks = [(t, f"{t:.6g}") for t in nice_ticks(x_lo, x_hi)
+                  if t == int(t) or not all(x == int(x) for x in xs)]
+    for t, label in xticks:
+        img[top:bottom, px(t)] = GREY
+        draw_text(img, px(t), bottom + 14, label, align="center")
+    img[[top, bottom], left:right + 1] = BLACK
+    img[top:bottom + 1, [left, right]] = BLACK
+    for i, (name, points) in enumerate(series.items()):
+        color = COLORS[i % len(COLORS)]
+        for (x0, y0), (x1, y1) in zip(points, points[1:]):
+            n = max(abs(px(x1) - px(x0)), abs(py(y1) - py(y0))) + 1
+            line_x = np.linspace(px(x0), px(x1), n).round().astype(int)
+            line_y = np.linspace(py(y0), py(y1), n).round().astype(int)
+            for d in (0, 1):  # two pixels thick
+                img[line_y + d, line_x] = color
+                img[line_y, line_x + d] = color
+        for x, y in points:
+            img[py(y) - 3:py(y) + 4, px(x) - 3:px(x) + 4] = color
+        img[top + 10 + 22 * i - 3:top + 10 + 22 * i + 4, right + 16:right + 34] = color
+        draw_text(img, right + 40, top + 10 + 22 * i, name)
+    draw_text(img, (left + right) // 2, 16, title, align="center")
+    draw_text(img, (left + right) // 2, height - 20, xlabel, align="center")
+    draw_text(img, 16, (top + bottom) // 2, ylabel, vertical=True)
+    write_png(path, img)
+
+
+# -- trajectories --------------------------------------------------------------------------------------------
+
+def numbers(text):
+    """(start, value) of every number in text; values normalised so that 1,200 / 1200 and 7.50 / 7.5 agree."""
+    out = []
+    for m in NUMBER_RE.finditer(text):
+        value = m.group().replace(",", "")
+        out.append((m.start(), value.rstrip("0").rstrip(".") if "." in value else value))
+    return out
+
+
+def question_text(prompt, tok):
+    """The question inside an evaluate.py prompt: the last user turn, up to the blank line before the instruction."""
+    template = tok.chat_template if tok else CHATML
+    user = template["prefix"].format(role="user")
+    start = prompt.rfind(user)
+    start = 0 if start < 0 else start + len(user)
+    end = prompt.find(template["eot"], start)
+    end = len(prompt) if end < 0 else end
+    blank = prompt.rfind("\n\n", start, end)
+    return prompt[start:blank if blank >= 0 else end]
+
+
+def trajectory_stats(prompt, completion, tok=None):
+    """(distances, restated) of one completion.
+
+    A use is an occurrence in the completion of a number that appears in the question; its distance is the number
+    of tokens from the start of the nearest earlier occurrence of that number (prompt or completion) to the start
+    of the use. Under window W the use is "in window" when distance <= W: the position that predicts its first
+    token then attends that occurrence directly. restated: a question number is used before the first computation
+    (a number, an operator + - * / × ÷, a number), or anywhere when there is none. Tokens come from the
+    checkpoint's tokenizer; without one they are approximated as characters / 4."""
+    if tok is not None:  # the prompt holds special tokens (chat template), the completion is plain text
+        offsets = tok.encoding.decode_with_offsets(tok.encode_special(prompt))[1]
+        offsets += [len(prompt) + o for o in tok.encoding.decode_with_offsets(tok.encode(completion))[1]]
+
+        def position(c):  # index of the token holding character c
+            return bisect.bisect_right(offsets, c) - 1
+    else:
+        def position(c):
+            return c // 4
+    question = {value for _, value in numbers(question_text(prompt, tok))}
+    first = COMPUTATION_RE.search(completion)
+    cut = len(prompt) + (first.start() if first else len(completion))
+    last_seen, distances, restated = {}, [], False
+    for start, value in numbers(prompt + completion):
+        if start >= len(prompt) and value in question:
+            distances.append(position(start) - position(last_seen[value]))
+            restated |= start < cut
+        last_seen[value] = start
+    return distances, restated
+
+
+def trajectory_row(records, ids, window, tok):
+    """Table cells for one checkpoint on the problems `ids`, distances judged against `window`."""
+    distances, restated, tokens, correct = [], [], [], []
+    for i in ids:
+        r = records[i]
+        for completion, ok, n in zip(r["completions"], r["correct"], r["completion_tokens"]):
+            d, s = trajectory_stats(r["prompt"], completion, tok)
+            distances += d
+            restated.append(s)
+            tokens.append(n)
+            correct.append(ok)
+    inside = sum(d <= window for d in distances) / len(distances) if distances else None
+    return [str(len(correct)), str(len(distances)), fmt(None if inside is None else 100 * inside, ".1f"),
+            fmt(None if inside is None else 100 - 100 * inside, ".1f"), f"{100 * sum(restated) / len(restated):.1f}",
+            f"{sum(tokens) / len(tokens):.1f}", f"{100 * sum(correct) / len(correct):.1f}"]
+
+
+def trajectories(run_dir, windows, tasks):
+    """The trajectory section: SWA W SFT against SWA W SFT + RL (SA for reference) on the same problems."""
+    task = next((t for t in MATH_TASKS if t in tasks), None)
+    if task is None:
+        return ["No math benchmark was evaluated (only " + ", ".join(tasks) + "), so there is no trajectory "
+                "analysis: the synthetic task's training solutions restate both numbers by construction."]
     try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return "matplotlib is not installed: no reward plot (the per-step rewards are in <arm>-rl/metrics.jsonl)."
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    for arm, points in curves.items():
-        if points:
-            ax.plot(*zip(*points), marker="o", label=ARMS[arm])
-    ax.set_xlabel("RL step")
-    ax.set_ylabel("mean reward")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return f"![reward over RL steps]({os.path.basename(path)})"
+        tok = Tokenizer.load(os.path.join(run_dir, "base"))
+    except OSError:
+        tok = None
+    out = [f"On {task}, per completion. A *use* is an occurrence in the completion of a number that appears in "
+           "the question; its *distance* is the number of tokens from the start of the nearest earlier occurrence "
+           "of that number (in the prompt or earlier in the completion) to the start of the use, and it is *within "
+           "W* when distance <= W (the position that predicts the use's first token then attends that occurrence "
+           "directly, in one layer). A completion *restates* when it uses a question number before its first "
+           "computation (a number, one of + - * / × ÷, a number), or anywhere when it computes nothing. "
+           + ("Tokens are counted with base/'s tokenizer." if tok else
+              "No tokenizer in base/: tokens are approximated as characters / 4."),
+           "", "| W | checkpoint | completions | uses | within W (%) | beyond W (%) | restates (%) "
+           "| mean completion tokens | accuracy (%) |", "|---" * 9 + "|"]
+    examples = []
+    for w in windows:
+        sft, rl = f"swa{w}-sft", f"swa{w}-rl"
+        records = {label: {r["id"]: r for r in load_jsonl(os.path.join(run_dir, "eval", label, f"{task}.jsonl"))}
+                   for label in ("sa-sft", "sa-rl", sft, rl)}
+        if not records[sft]:
+            continue
+        present = [label for label, by_id in records.items() if by_id]
+        ids = [i for i in records[sft] if all(i in records[label] for label in present)]  # the same problems
+        for label in present:
+            out.append(f"| {w} | {label} | " + " | ".join(trajectory_row(records[label], ids, w, tok)) + " |")
+        if not records[rl]:
+            examples += [f"Window {w}: {rl} was not evaluated, so there is nothing to compare SWA-SFT with."]
+            continue
+        fixed = [i for i in ids if not records[sft][i]["correct"][0] and records[rl][i]["correct"][0]]
+        for i in fixed[:2]:
+            examples += [f"### Window {w}: {i} (reference answer {records[rl][i]['reference']})", "", "Question:", "",
+                         "````text", question_text(records[rl][i]["prompt"], tok)[:600], "````", ""]
+            for label, verdict in ((sft, "wrong"), (rl, "right")):
+                r = records[label][i]
+                text = r["completions"][0]
+                distances, _ = trajectory_stats(r["prompt"], text, tok)
+                examples += [f"{label} ({verdict}, {r['completion_tokens'][0]} tokens, "
+                             f"{sum(d <= w for d in distances)} of {len(distances)} uses within {w}):", "",
+                             "````text", text[:600] + (" [...]" if len(text) > 600 else ""), "````", ""]
+    examples = examples or ["No problem that SWA-SFT got wrong and SWA-RL got right."]
+    return out + ["", "## Examples: SWA-SFT wrong, SWA-RL right", "",
+                  "First completion of each, truncated to 600 characters.", "", *examples]
 
+
+# -- the report ----------------------------------------------------------------------------------------------
 
 def build_report(run_dir):
     summary = load_json(os.path.join(run_dir, "eval", "summary.json"))
-    text, tasks = table(summary, run_dir)
-    curves = rl_curves(run_dir)
+    rows, other = evaluations(summary, run_dir)
+    tasks = sorted({t for r in rows for t in r["entry"]["tasks"]})
+    windows = sorted({r["trained_window"] for r in rows if r["trained_window"] is not None})
     out = [f"# Report: {os.path.basename(os.path.normpath(run_dir))}", "",
-           "Accuracy, lengths, speed and memory from evaluate.py (`eval/summary.json`); peak memory is the "
-           "evaluating process's peak (CPU: whole-process RSS).", "", text,
-           "## Gap recovered by RL", "", "(SWA-RL - SWA-SFT) / (SA-SFT - SWA-SFT) on accuracy:", "",
-           *gap_lines(summary, tasks), "", "## RL reward", ""]
-    for arm, points in curves.items():
-        if points:
-            out.append(f"- {ARMS[arm]}: {len(points)} steps, reward first {points[0][1]:.3f}, "
-                       f"last {points[-1][1]:.3f}, mean {sum(r for _, r in points) / len(points):.3f}")
-    out += ["", plot(curves, os.path.join(run_dir, "rl_reward.png")), ""]
+           "Accuracy, lengths, speed and memory from evaluate.py (`eval/summary.json`). Accuracy is shown ± its "
+           "binomial standard error sqrt(p(1-p)/n) over the task's n problems; each row is a single run, so this is "
+           "not a spread over seeds. Mean completion tokens are averaged over tasks; peak memory is the evaluating "
+           "process's peak (CPU: whole-process RSS).", "", *table(summary, rows, tasks), ""]
+    if other:
+        out += ["Evaluations outside this layout, not in the table: " + ", ".join(other) + ".", ""]
+    out += ["## Gap recovered by RL", "", "(SWA-RL - SWA-SFT) / (SA-SFT - SWA-SFT) on accuracy, per window and task; "
+            "undefined when SA-SFT and SWA-SFT are equal.", "", *gap_table(summary, windows, tasks), ""]
+
+    # RL curves, one per arm: SA first, then by window
+    arms = sorted((d for d in os.listdir(run_dir) if ARM_RE.match(d) and d.endswith("-rl")
+                   and os.path.exists(os.path.join(run_dir, d, "metrics.jsonl"))),
+                  key=lambda d: int(ARM_RE.match(d).group(2) or 0))
+    logs = {arm: load_jsonl(os.path.join(run_dir, arm, "metrics.jsonl")) for arm in arms}
+
+    def first_last(points, spec):
+        return f"{points[0][1]:{spec}} -> {points[-1][1]:{spec}}" if points else "-"
+
+    curves = {key: {arm: [(m["step"], m[key]) for m in lines if key in m] for arm, lines in logs.items()}
+              for key in ("reward", "accuracy", "eval_accuracy", "completion_len_mean")}
+    out += ["## RL", "", "From each arm's `metrics.jsonl` (first step -> last step).", "",
+            "| arm | steps | mean reward | training accuracy | held-out accuracy | mean completion tokens |",
+            "|---|---|---|---|---|---|"]
+    for arm, lines in logs.items():
+        # rl.py writes config.json with its first checkpoint: without it the run stopped before saving anything
+        saved = os.path.exists(os.path.join(run_dir, arm, "config.json"))
+        out.append(f"| {arm}{'' if saved else ' (stopped before its first checkpoint)'} | {len(lines)} | " + " | ".join(first_last(curves[key][arm], spec) for key, spec in
+                   (("reward", ".3f"), ("accuracy", ".3f"), ("eval_accuracy", ".3f"), ("completion_len_mean", ".1f")))
+                   + " |")
+    out.append("")
+    if any(curves["eval_accuracy"].values()):
+        task = next((m["eval_task"] for lines in logs.values() for m in lines if "eval_task" in m), "held-out")
+        accuracy_plot = (f"{task} accuracy over RL (held out)", curves["eval_accuracy"])
+    else:
+        accuracy_plot = ("training accuracy over RL (no held-out accuracy logged)", curves["accuracy"])
+    plots = [("rl_reward.png", "mean reward per RL step", curves["reward"], "mean reward"),
+             ("rl_accuracy.png", *accuracy_plot, "accuracy"),
+             ("rl_length.png", "mean completion length per RL step", curves["completion_len_mean"], "tokens")]
+    for name, title, series, ylabel in plots:
+        if any(series.values()):
+            line_plot(os.path.join(run_dir, name), title, series, "RL step", ylabel)
+            out += [f"![{title}]({name})", ""]
+
+    # accuracy against the window each model was evaluated under ("full" at the right), one line per training
+    if tasks:
+        main_task = next((t for t in MATH_TASKS if t in tasks), tasks[0])
+        evaluated = sorted({r["window"] for r in rows if r["window"] is not None})
+        names = {("base", "base"): "base", ("sa", "sft"): "SA SFT", ("sa", "rl"): "SA SFT+RL",
+                 ("swa", "sft"): "SWA SFT", ("swa", "rl"): "SWA SFT+RL"}
+        series = {name: [] for name in names.values()}
+        for r in rows:
+            p, _ = accuracy(summary, r["label"], main_task)
+            # attention sinks change the model, and an SWA arm run under another window is not "its" window
+            if p is None or r["sinks"] or (r["trained"].startswith("swa") and r["window"] != r["trained_window"]):
+                continue
+            x = len(evaluated) if r["window"] is None else evaluated.index(r["window"])
+            series[names[r["trained"].rstrip("0123456789"), r["stage"]]].append((x, p))
+        if any(series.values()):
+            title = f"{main_task} accuracy against attention window"
+            line_plot(os.path.join(run_dir, "accuracy_vs_window.png"), title, series, "window (tokens)", "accuracy",
+                      xticks=[(i, str(w)) for i, w in enumerate(evaluated)] + [(len(evaluated), "full")])
+            out += ["## Accuracy against window", "", "SWA SFT and SWA SFT+RL points are each trained at that window; "
+                    "base and SA points are the same weights run under each window.", "",
+                    f"![{title}](accuracy_vs_window.png)", ""]
+
+    out += ["## Trajectories", "", *trajectories(run_dir, windows, tasks), ""]
     return "\n".join(out)
 
 
@@ -171,6 +471,9 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if not os.path.exists(os.path.join(args.run_dir, "eval", "summary.json")):
         raise SystemExit(f"error: {args.run_dir}/eval/summary.json not found (run evaluate.py first)")
+    if not os.path.isdir(os.path.join(args.run_dir, "base")):
+        raise SystemExit(f"error: {args.run_dir}/base/ not found: this run predates the base/, sa-*, swa<W>-* "
+                         "layout that report.py reads; rerun run.sh")
     report = build_report(args.run_dir)
     path = os.path.join(args.run_dir, "REPORT.md")
     with open(path, "w", encoding="utf-8") as f:

@@ -1,82 +1,125 @@
 #!/usr/bin/env bash
-# The whole pipeline for one preset: data -> "pretrained" full-attention model -> SFT -> RL -> evaluation, for
-# full attention (SA) and a sliding window (SWA), then runs/<preset>/REPORT.md (report.py).
+# The whole experiment for one preset: a full-attention starting model -> SFT -> RL -> evaluation, with full
+# attention (SA) and with sliding windows (SWA), then REPORT.md (report.py) from the runs' own JSON.
 #
-#     bash run.sh tiny          # CPU, a few minutes: toy byte-level model on the synthetic long-range task
+#     bash run.sh tiny              # CPU, a few minutes: toy byte-level model on the synthetic long-range task
+#     bash run.sh smollm2-gsm8k     # one GPU: SmolLM2-135M-Instruct on GSM8K, then on the synthetic task at a
+#                                   # set binding distance (results/README.md: a shortened run of it)
 #
-# Everything is written under runs/<preset>/ (data, checkpoints, eval/, REPORT.md); data/ is not touched.
-# A rerun starts the preset over from scratch.
-#
-# Why these windows: evaluate.py asks every question followed by a ~145-character instruction, so with the
-# byte tokenizer even a gap-0 problem puts its numbers ~160 tokens before the answer. The window must cover
-# that (W=192) and the long gap must exceed what two layers can relay (2 x (W-1) tokens), so gaps are 0 and 256.
+# Everything goes under runs/<preset>/ (or $RUNS/<preset>/): base/ (the starting model), <arm>-sft/ and
+# <arm>-rl/ for arm = sa, swa<W>, eval/ (evaluate.py's records and summary.json) and REPORT.md with its plots.
+# Stopped runs continue: a stage that finished is skipped (runs/<preset>/done/), an interrupted training
+# stage resumes from its last checkpoint, and evaluation skips the problems it already scored.
+# `rm -rf runs/<preset>` starts over. Any variable set in a preset below can be overridden from the
+# environment, e.g. `WINDOWS="32 64" bash run.sh smollm2-gsm8k`.
 set -euo pipefail
 cd "$(dirname "$0")"
 
 preset=${1:-}
 case "$preset" in
   tiny)
-    W=192                   # the SWA arm's window (keys per query, itself included)
-    GAPS=0,256              # synthetic gaps in tokens (= characters for the byte tokenizer)
-    N_TRAIN=2000 N_TEST=64  # synthetic problems
-    DIM=64 LAYERS=2 HEADS=4 KV_HEADS=2 HIDDEN=176   # toy model (model.Config)
-    PRE_ARGS="--steps 150 --lr 3e-3 --warmup-steps 10 --seq-len 1024 --batch-size 8"   # "pretraining" (sft.py)
-    SFT_ARGS="--steps 30 --lr 1e-3 --warmup-steps 3 --seq-len 1024 --batch-size 8"     # SFT of each arm
-    RL_ARGS="--steps 8 --prompts-per-step 8 --group-size 4 --max-new-tokens 64 --lr 1e-4 --warmup-steps 1"
-    EVAL_ARGS="--limit $N_TEST --max-new-tokens 64 --batch-size 32"
+    # evaluate.py asks every question followed by a ~145-character instruction, so with the byte tokenizer
+    # even a gap-0 problem puts its numbers ~160 tokens before the answer. The window must cover that (W=192),
+    # and the long gap must exceed what two layers can relay (2 x (W-1) tokens): gaps 0 and 256.
+    : "${WINDOWS:=192}"                 # SWA arms (keys per query, itself included)
+    : "${BASE_WINDOWS:=64 128 256}"     # extra windows the untrained model is evaluated at
+    : "${GAPS:=0,256}" "${N_TRAIN:=2000}" "${N_TEST:=64}"   # synthetic problems (gaps in tokens = characters)
+    : "${MAX_VALUE:=9}"                 # one-digit values: the toy learns the sums, the window decides the recall
+    : "${DEVICE:=cpu}"
+    : "${PRE_ARGS:=--steps 150 --lr 3e-3 --warmup-steps 10 --seq-len 1024 --batch-size 8}"  # "pretraining"
+    : "${SFT_ARGS:=--steps 30 --lr 1e-3 --warmup-steps 3 --seq-len 1024 --batch-size 8 --val-size 64}"
+    : "${RL_ARGS:=--steps 8 --prompts-per-step 8 --group-size 4 --max-new-tokens 64 --lr 1e-4 --warmup-steps 1
+                  --eval-every 4 --eval-limit 32}"
+    : "${EVAL_ARGS:=--limit $N_TEST --max-new-tokens 64 --batch-size 32}"
+    ;;
+  smollm2-gsm8k)
+    # A GSM8K prompt plus its solution is a few hundred tokens, so windows of 64 and 128 bind. The synthetic
+    # part sets the binding distance exactly: the first number is 0, 64 or 256 tokens before the question.
+    : "${WINDOWS:=64 128}"
+    : "${BASE_WINDOWS:=32 256}"
+    : "${EVAL_TASKS:=gsm8k,svamp,asdiv}"
+    : "${SYN_WINDOWS:=64}" "${GAPS:=0,64,256}" "${N_TRAIN:=4000}" "${N_TEST:=256}" "${MAX_VALUE:=99}"
+    : "${DEVICE:=cuda}"
+    : "${SFT_ARGS:=--epochs 2 --lr 1e-4 --warmup-steps 10 --seq-len 2048 --batch-size 16 --save-every 50}"
+    : "${RL_ARGS:=--steps 40 --prompts-per-step 64 --group-size 8 --max-new-tokens 384 --gen-batch 512
+                  --micro-batch 32 --lr 3e-6 --warmup-steps 3 --eval-every 10 --eval-limit 256 --save-every 10}"
+    : "${SYN_SFT_ARGS:=--steps 60 --lr 1e-4 --warmup-steps 5 --seq-len 2048 --batch-size 16}"
+    : "${SYN_RL_ARGS:=--steps 20 --prompts-per-step 64 --group-size 8 --max-new-tokens 96 --gen-batch 512
+                      --micro-batch 64 --lr 3e-6 --warmup-steps 2 --eval-every 5 --eval-limit 128 --save-every 10}"
+    : "${EVAL_ARGS:=--max-new-tokens 384 --batch-size 1024}"
     ;;
   *)
-    echo "usage: bash run.sh PRESET   (presets: tiny)" >&2
+    echo "usage: bash run.sh PRESET   (presets: tiny, smollm2-gsm8k)" >&2
     exit 2
     ;;
 esac
 
-R=runs/$preset
-DATA=$R/data
-COMMON_TRAIN="--device cpu --val-size 64 --eval-every 0 --save-every 0"
+R=${RUNS:-runs}/$preset
+mkdir -p "$R/done"
 start=$(date +%s)
 stamp() { echo "[$(( $(date +%s) - start ))s] $*"; }
 
-rm -rf "$R"
-mkdir -p "$R"
+# stage NAME COMMAND...: run COMMAND unless stage NAME finished in an earlier invocation
+stage() {
+  local name=$1; shift
+  if [ -e "$R/done/$name" ]; then stamp "$name: finished earlier"; return; fi
+  stamp "$name"
+  "$@"
+  touch "$R/done/$name"
+}
+# --resume when an interrupted earlier invocation left a checkpoint of this training stage
+resume() { if [ -f "$1/trainer_state.pt" ]; then echo --resume; fi; }
 
-stamp "data: synthetic task, gaps $GAPS"
-python -m data.synthetic --n-train "$N_TRAIN" --n-test "$N_TEST" --gaps "$GAPS" --out-dir "$DATA/synthetic"
+# experiment DIR TASK DATA_DIR EVAL_TASKS "WINDOWS" "SFT_ARGS" "RL_ARGS": SA and SWA arms from $R/base on
+# one training task, every evaluation the report needs, and DIR/REPORT.md.
+experiment() {
+  local dir=$1 task=$2 data=$3 tasks=$4 windows=$5 sft_args=$6 rl_args=$7 arm win w
+  local arms="sa" trained=""
+  for w in $windows; do arms="$arms swa$w"; done
+  [ "$dir" = "$R" ] || ln -sfn ../base "$dir/base"  # $dir is $R/<name>
+  for arm in $arms; do
+    win=${arm#swa}; [ "$arm" = sa ] && win=none
+    stage "$task-$arm-sft" python sft.py --ckpt "$R/base" --out "$dir/$arm-sft" --window "$win" \
+      --data "$data/$task/train.jsonl" --device "$DEVICE" --eval-every 0 $sft_args $(resume "$dir/$arm-sft")
+    stage "$task-$arm-rl" python rl.py --ckpt "$dir/$arm-sft" --out "$dir/$arm-rl" --window "$win" \
+      --task "$task" --data-dir "$data" --device "$DEVICE" --no-progress $rl_args $(resume "$dir/$arm-rl")
+    trained="$trained --ckpt $dir/$arm-sft --ckpt $dir/$arm-rl"
+  done
+  local ev="python evaluate.py --tasks $tasks --data-dir $data --out-dir $dir/eval --device $DEVICE $EVAL_ARGS"
+  # the untrained model at every window (none = the model as it came), each trained arm under its own window,
+  # and the SA-trained model forced into each SWA window (the cost of the window without training under it)
+  for w in none $windows $BASE_WINDOWS; do stage "$task-eval-base-$w" $ev --ckpt "$dir/base" --window "$w"; done
+  stage "$task-eval-trained" $ev $trained
+  for w in $windows; do stage "$task-eval-sa-sft-$w" $ev --ckpt "$dir/sa-sft" --window "$w"; done
+  python report.py "$dir"
+}
 
-stamp "init: random full-attention toy model"
-python - "$R/init" "$DIM" "$LAYERS" "$HEADS" "$KV_HEADS" "$HIDDEN" <<'EOF'
+if [ "$preset" = tiny ]; then
+  stage data python -m data.synthetic --n-train "$N_TRAIN" --n-test "$N_TEST" --gaps "$GAPS" --max-value "$MAX_VALUE" \
+    --out-dir "$R/data/synthetic"
+  stage init python - "$R/init" <<'EOF'
 import sys
 from model import Config, Transformer, save_checkpoint
 from tokenizer import toy_tokenizer
-out, dim, layers, heads, kv_heads, hidden = sys.argv[1], *map(int, sys.argv[2:])
 tok = toy_tokenizer()
-cfg = Config(vocab_size=tok.vocab_size, dim=dim, n_layers=layers, n_heads=heads, n_kv_heads=kv_heads,
-             hidden_dim=hidden, window=None)
-save_checkpoint(out, Transformer(cfg).init_weights(0), tok, {"stage": "init"})
-print(f"{out}: {cfg}")
+cfg = Config(vocab_size=tok.vocab_size, dim=64, n_layers=2, n_heads=4, n_kv_heads=2, hidden_dim=176, window=None)
+save_checkpoint(sys.argv[1], Transformer(cfg).init_weights(0), tok, {"stage": "init"})
+print(f"{sys.argv[1]}: {cfg}")
 EOF
-
-stamp "pretrain: full attention on synthetic train (stands in for a pretrained model)"
-python sft.py --ckpt "$R/init" --out "$R/pretrained" --window none --data "$DATA/synthetic/train.jsonl" \
-  $COMMON_TRAIN $PRE_ARGS
-
-for arm in sa swa; do
-  if [ $arm = sa ]; then win=none; else win=$W; fi
-  stamp "$arm: SFT (window $win)"
-  python sft.py --ckpt "$R/pretrained" --out "$R/$arm-sft" --window $win --data "$DATA/synthetic/train.jsonl" \
-    --seed 1 $COMMON_TRAIN $SFT_ARGS
-  stamp "$arm: RL (window $win)"
-  python rl.py --ckpt "$R/$arm-sft" --out "$R/$arm-rl" --window $win --task synthetic --data-dir "$DATA" \
-    --device cpu --eval-every 0 --no-progress $RL_ARGS
-done
-
-stamp "evaluate: before SFT (both windows), after SFT, after RL"
-EV="python evaluate.py --tasks synthetic --data-dir $DATA --out-dir $R/eval --device cpu $EVAL_ARGS"
-$EV --ckpt "$R/pretrained" --window none
-$EV --ckpt "$R/pretrained" --window "$W"
-$EV --ckpt "$R/sa-sft" --ckpt "$R/sa-rl"
-$EV --ckpt "$R/swa-sft" --ckpt "$R/swa-rl"
-
-stamp "report"
-python report.py "$R"
+  # full attention on the synthetic train set stands in for a pretrained model
+  stage pretrain python sft.py --ckpt "$R/init" --out "$R/base" --window none --data "$R/data/synthetic/train.jsonl" \
+    --device cpu --val-size 64 --eval-every 0 --save-every 0 $PRE_ARGS
+  SFT_ARGS="$SFT_ARGS --seed 1"
+  experiment "$R" synthetic "$R/data" synthetic "$WINDOWS" "$SFT_ARGS" "$RL_ARGS"
+else
+  for t in gsm8k svamp asdiv; do
+    [ -f "data/$t/test.jsonl" ] || stage prepare-data python -m data.prepare
+  done
+  stage convert python convert.py --src smollm2-135m-instruct --out "$R/base" --window none
+  experiment "$R" gsm8k data "$EVAL_TASKS" "$WINDOWS" "$SFT_ARGS" "$RL_ARGS"
+  mkdir -p "$R/synthetic"
+  stage synthetic-data python -m data.synthetic --tokenizer "$R/base" --gaps "$GAPS" --n-train "$N_TRAIN" \
+    --n-test "$N_TEST" --max-value "$MAX_VALUE" --out-dir "$R/synthetic/data/synthetic"
+  experiment "$R/synthetic" synthetic "$R/synthetic/data" synthetic "$SYN_WINDOWS" "$SYN_SFT_ARGS" "$SYN_RL_ARGS"
+fi
 stamp "done: $R/REPORT.md"

@@ -70,14 +70,14 @@ def make_problem(rng, gap, tokenizer=None, max_value=99):
     return {"question": question, "solution": solution, "answer": str(answer), "gap": measured}
 
 
-def make_split(split, n, seed=0, gaps=DEFAULT_GAPS, tokenizer=None, exclude=()):
+def make_split(split, n, seed=0, gaps=DEFAULT_GAPS, tokenizer=None, exclude=(), max_value=99):
     """n problems; problem i is determined by (seed, split, i), gaps cycle through `gaps`.
     Questions in `exclude` (e.g. the test set) are skipped, so splits are disjoint by construction."""
     exclude, rows, i = set(exclude), [], 0
     while len(rows) < n:
         rng = random.Random(f"swarr-synthetic:{seed}:{split}:{i}")  # str seeds are stable across runs
         gap = gaps[i % len(gaps)]
-        row = make_problem(rng, gap, tokenizer)
+        row = make_problem(rng, gap, tokenizer, max_value)
         i += 1
         if row["question"] in exclude:
             continue
@@ -94,6 +94,8 @@ def main():
     parser.add_argument("--n-test", type=int, default=500, help="number of test problems")
     parser.add_argument("--gaps", default=",".join(map(str, DEFAULT_GAPS)),
                         help="comma-separated minimum gaps in tokens, cycled over problems (keep a small one)")
+    parser.add_argument("--max-value", type=int, default=99,
+                        help="values are 0..max-value (9: one-digit sums a toy model learns in minutes)")
     parser.add_argument("--seed", type=int, default=0, help="seed; train and test use distinct streams of it")
     parser.add_argument("--tokenizer", default=None,
                         help="checkpoint or tokenizer directory whose tokens measure the gap (default: characters)")
@@ -106,6 +108,8 @@ def main():
         raise SystemExit(f"error: --gaps must be comma-separated integers, got {args.gaps!r}")
     if not gaps or min(gaps) < 0:
         raise SystemExit("error: --gaps must be non-negative")
+    if args.max_value < 1:
+        raise SystemExit("error: --max-value must be >= 1")
     tokenizer = None
     if args.tokenizer is not None:
         from tokenizer import Tokenizer
@@ -113,8 +117,9 @@ def main():
             raise SystemExit(f"error: no tokenizer_config.json in {args.tokenizer}")
         tokenizer = Tokenizer.load(args.tokenizer)
 
-    test = make_split("test", args.n_test, args.seed, gaps, tokenizer)
-    train = make_split("train", args.n_train, args.seed, gaps, tokenizer, exclude={r["question"] for r in test})
+    test = make_split("test", args.n_test, args.seed, gaps, tokenizer, max_value=args.max_value)
+    train = make_split("train", args.n_train, args.seed, gaps, tokenizer, exclude={r["question"] for r in test},
+                       max_value=args.max_value)
     for split, rows in (("train", train), ("test", test)):
         path = os.path.join(args.out_dir, f"{split}.jsonl")
         write_jsonl(path, rows)

@@ -1,66 +1,137 @@
 """
-Tests for report.py on fabricated run outputs (summary.json, metrics.jsonl, config.json) in a temporary
-directory: the table's rows and cells, and the gap-recovered arithmetic including the undefined case.
+Tests for report.py on fabricated runs in a temporary directory (base/, sa-*, swa64-*, swa128-*, eval/): the
+table's rows and cells, the gap recovered by RL including the undefined case, that every plot is a valid,
+non-blank PNG drawn with characters the font has, and the trajectory numbers on a hand-made completion.
 
     python -m pytest -q tests/test_report.py
 """
 
 import json
+import struct
+import zlib
 
+import numpy as np
 import pytest
 
 import report
+from tokenizer import toy_tokenizer
+
+# a question with the numbers 12 and 7; the instruction's 42 is not a question number
+QUESTION = "Tom has 12 apples and buys 7 more. How many apples does he have?"
+INSTRUCTION = ("Solve the problem step by step and show every step of the work. Write the final answer at the end, "
+               "after \"####\" (for example \"#### 42\").")
+PROMPT = f"<|im_start|>user\n{QUESTION}\n\n{INSTRUCTION}<|im_end|>\n<|im_start|>assistant\n"
+RESTATES = "Tom has 12 apples. 12 + 7 = 19\n#### 19"  # right, restates 12 before computing
+NO_RESTATE = "12 + 7 = 20\n#### 20"  # wrong, computes straight from the question
 
 
-def task(acc, length=20.0):
-    return {"n_problems": 10, "accuracy": acc, "mean_completion_tokens": length, "generated_tokens": 200,
+def toy_tokens(text):
+    """Token count under the byte-level toy tokenizer: one per byte, one per special token."""
+    return len(text) - 11 * text.count("<|im_start|>") - 9 * text.count("<|im_end|>")
+
+
+def task(acc, length=20.0, n=10):
+    return {"n_problems": n, "accuracy": acc, "mean_completion_tokens": length, "generated_tokens": 200,
             "tokens_per_s": 100.0, "truncated": 0.0}
 
 
-def fabricate(tmp_path, sa_sft=0.8, swa_sft=0.3, swa_rl=0.55):
+def entry(tasks, tokens_per_s=1000.0, memory=0.5):
+    return {"tasks": tasks, "tokens_per_s": tokens_per_s, "peak_memory_gb": memory}
+
+
+def record(problem_id, completion, correct):
+    return {"id": problem_id, "prompt": PROMPT, "reference": "19",
+            "completions": [completion], "answers": [completion.rsplit(" ", 1)[1]], "correct": [correct],
+            "completion_tokens": [len(completion)], "finished": [True], "settings": {}}
+
+
+def fabricate(tmp_path, sa_sft=0.8, swa64_sft=0.3, swa64_rl=0.55):
     run = tmp_path / "run"
     summary = {
-        "pretrained-windowNone-sinks0": {"tasks": {"synthetic": task(0.5)}, "tokens_per_s": 1000.0,
-                                         "peak_memory_gb": 0.5, "stage": "sft"},
-        "pretrained-window32-sinks0": {"tasks": {"synthetic": task(0.1)}, "tokens_per_s": 1200.0,
-                                       "peak_memory_gb": 0.4, "stage": "sft"},
-        "sa-sft": {"tasks": {"synthetic": task(sa_sft, 30.0)}, "tokens_per_s": 900.0, "peak_memory_gb": 0.6},
-        "sa-rl": {"tasks": {"synthetic": task(0.9)}, "tokens_per_s": 950.0, "peak_memory_gb": 0.6},
-        "swa-sft": {"tasks": {"synthetic": task(swa_sft)}, "tokens_per_s": 1500.0, "peak_memory_gb": 0.3},
-        "swa-rl": {"tasks": {"synthetic": task(swa_rl)}, "tokens_per_s": 1600.0, "peak_memory_gb": 0.3},
+        "base-windowNone-sinks0": entry({"gsm8k": task(0.5), "svamp": task(0.4, 40.0)}),
+        "base-window64-sinks0": entry({"gsm8k": task(0.1)}, 1200.0, 0.4),
+        "base-window128-sinks0": entry({"gsm8k": task(0.2)}, 1100.0, 0.4),
+        "sa-sft": entry({"gsm8k": task(sa_sft, 30.0)}, 900.0, 0.6),
+        "sa-rl": entry({"gsm8k": task(0.9)}, 950.0, 0.6),
+        "sa-sft-window64-sinks0": entry({"gsm8k": task(0.3)}, 1500.0, 0.3),
+        "swa64-sft": entry({"gsm8k": task(swa64_sft)}, 1500.0, 0.3),
+        "swa64-rl": entry({"gsm8k": task(swa64_rl)}, 1600.0, 0.3),
+        "swa64-rl-seed1": entry({"gsm8k": task(0.6)}, 1600.0, 0.3),
+        "swa128-sft": entry({"gsm8k": task(sa_sft)}, 1400.0, 0.35),
+        "swa128-rl": entry({"gsm8k": task(0.85)}, 1450.0, 0.35),
     }
     (run / "eval").mkdir(parents=True)
     (run / "eval" / "summary.json").write_text(json.dumps(summary))
-    for arm, window in (("sa", None), ("swa", 32)):
-        for stage in ("sft", "rl"):
-            (run / f"{arm}-{stage}").mkdir()
-            (run / f"{arm}-{stage}" / "config.json").write_text(json.dumps({"window": window}))
-        lines = [json.dumps({"step": s, "reward": 0.1 * s, "accuracy": 0.1 * s}) for s in (1, 2, 3)]
-        (run / f"{arm}-rl" / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    (run / "base").mkdir()
+    (run / "base" / "config.json").write_text(json.dumps({"window": None}))
+    toy_tokenizer().save(run / "base")
+    for name, window in (("sa-sft", None), ("sa-rl", None), ("swa64-sft", 64), ("swa64-rl", 64), ("swa128-sft", 128),
+                         ("swa128-rl", 128), ("swa64-rl-seed1", 64)):
+        (run / name).mkdir()
+        (run / name / "config.json").write_text(json.dumps({"window": window}))
+        if "-rl" in name:
+            lines = [{"step": s, "reward": 0.1 * s + (window or 0) / 1000, "accuracy": 0.1 * s,
+                      "completion_len_mean": 50.0 - s} for s in (1, 2, 3, 4)]
+            for m in lines[1::2]:  # held-out accuracy on every other step
+                m.update(eval_accuracy=0.4 + m["step"] / 20, eval_task="gsm8k")
+            (run / name / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in lines))
+    # per-problem records: p1 is fixed by RL at both windows; p2 is missing from SA-SFT, so it is left out
+    records = {"sa-sft": [record("p1", RESTATES, True)], "sa-rl": [record("p1", RESTATES, True)],
+               "swa64-sft": [record("p1", NO_RESTATE, False), record("p2", NO_RESTATE, False)],
+               "swa64-rl": [record("p1", RESTATES, True), record("p2", RESTATES, True)],
+               "swa128-sft": [record("p1", NO_RESTATE, False)], "swa128-rl": [record("p1", RESTATES, True)]}
+    for label, rows in records.items():
+        (run / "eval" / label).mkdir()
+        (run / "eval" / label / "gsm8k.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     return run
 
 
-def test_table_and_gap(tmp_path):
+def section(text, title):
+    return text.split(f"## {title}\n", 1)[1].split("\n## ", 1)[0]
+
+
+def table_rows(text):
+    return [line for line in text.splitlines() if line.startswith("| ")]
+
+
+def test_table(tmp_path):
     run = fabricate(tmp_path)
     report.main([str(run)])
     text = (run / "REPORT.md").read_text()
-    rows = [line for line in text.splitlines() if line.startswith("| ")]
-    assert len(rows) == 7  # header + SA/SWA x before SFT/SFT/RL
-    assert "synthetic accuracy (%)" in rows[0]
-    assert rows[1] == "| SA (full) | full | before SFT | pretrained-windowNone-sinks0 | 50.0 | 20.0 | 1000 | 0.50 |"
-    assert rows[2] == "| SA (full) | full | SFT | sa-sft | 80.0 | 30.0 | 900 | 0.60 |"
-    assert rows[4] == "| SWA | 32 | before SFT | pretrained-window32-sinks0 | 10.0 | 20.0 | 1200 | 0.40 |"
-    assert rows[6] == "| SWA | 32 | SFT + RL | swa-rl | 55.0 | 20.0 | 1600 | 0.30 |"
-    assert "- synthetic: 0.500 (SA-SFT 0.8000, SWA-SFT 0.3000, SWA-RL 0.5500)" in text  # (0.55-0.3)/(0.8-0.3)
-    assert "3 steps, reward first 0.100, last 0.300" in text
-    # the plot, or the note saying why there is none
-    assert (run / "rl_reward.png").exists() or "matplotlib is not installed" in text
+    rows = table_rows(text.split("\n## ", 1)[0])
+    assert rows[0].startswith("| attention | window | stage | checkpoint | gsm8k accuracy (%) | svamp accuracy (%) |")
+    assert [r.split(" | ")[3] for r in rows[1:]] == [
+        "base-windowNone-sinks0", "sa-sft", "sa-rl", "base-window64-sinks0", "sa-sft-window64-sinks0", "swa64-sft",
+        "swa64-rl", "base-window128-sinks0", "swa128-sft", "swa128-rl"]
+    # accuracy ± sqrt(p(1-p)/n), n = 10; mean completion tokens averaged over tasks: (20 + 40) / 2
+    assert rows[1] == ("| SA (full) | full | before SFT | base-windowNone-sinks0 | 50.0 ± 15.8 | 40.0 ± 15.5 | 30.0 "
+                       "| 1000 | 0.50 |")
+    assert rows[2] == "| SA (full) | full | SFT | sa-sft | 80.0 ± 12.6 | - | 30.0 | 900 | 0.60 |"
+    assert rows[5] == ("| SWA | 64 | SFT (trained at full) | sa-sft-window64-sinks0 | 30.0 ± 14.5 | - | 20.0 | 1500 "
+                       "| 0.30 |")
+    assert rows[7] == "| SWA | 64 | SFT + RL | swa64-rl | 55.0 ± 15.7 | - | 20.0 | 1600 | 0.30 |"
+    assert rows[8] == "| SWA | 128 | before SFT | base-window128-sinks0 | 20.0 ± 12.6 | - | 20.0 | 1100 | 0.40 |"
+    assert "not in the table: swa64-rl-seed1." in text
+    rl = table_rows(section(text, "RL"))
+    assert [r.split(" | ")[0] for r in rl[1:]] == ["| sa-rl", "| swa64-rl", "| swa128-rl"]  # no replicate
+    assert rl[1] == "| sa-rl | 4 | 0.100 -> 0.400 | 0.100 -> 0.400 | 0.500 -> 0.600 | 49.0 -> 46.0 |"
 
 
-def test_gap_undefined(tmp_path):
-    run = fabricate(tmp_path, sa_sft=0.4, swa_sft=0.4, swa_rl=0.5)
+def test_gap(tmp_path):
+    run = fabricate(tmp_path)
     report.main([str(run)])
-    assert "- synthetic: undefined (SA-SFT 0.4000" in (run / "REPORT.md").read_text()
+    rows = table_rows(section((run / "REPORT.md").read_text(), "Gap recovered by RL"))
+    assert rows[1] == "| 64 | gsm8k | 80.0 ± 12.6 | 30.0 ± 14.5 | 55.0 ± 15.7 | 0.500 | - |"  # (0.55-0.3)/(0.8-0.3)
+    assert rows[2] == "| 64 | svamp | - | - | - | undefined | - |"
+    assert rows[3].startswith("| 128 | gsm8k | 80.0 ± 12.6 | 80.0 ± 12.6 | 85.0 ± 11.3 | undefined |")  # no gap
+
+
+def test_gap_swa_ahead_or_within_noise_is_flagged(tmp_path):
+    run = fabricate(tmp_path, sa_sft=0.8, swa64_sft=0.9, swa64_rl=0.85)
+    report.main([str(run)])
+    row = table_rows(section((run / "REPORT.md").read_text(), "Gap recovered by RL"))[1]
+    assert row.startswith("| 64 | gsm8k | 80.0 ± 12.6 | 90.0 ± 9.5 | 85.0 ± 11.3 | 0.500 | SWA-SFT is not behind")
+    assert "within 2 standard errors" in row
 
 
 @pytest.mark.parametrize("args, expected", [((0.8, 0.3, 0.55), 0.5), ((0.8, 0.3, 0.3), 0.0),
@@ -71,8 +142,125 @@ def test_gap_recovered(args, expected):
     assert got == pytest.approx(expected) if expected is not None else got is None
 
 
-def test_gap_swa_ahead_is_flagged(tmp_path):
-    run = fabricate(tmp_path, sa_sft=0.2, swa_sft=0.4, swa_rl=0.2)
+def read_png(path):
+    """Decode a PNG as report.write_png writes it (8-bit RGB, filter 0), checking every chunk's CRC."""
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    chunks, pos = [], 8
+    while pos < len(data):
+        (n,) = struct.unpack(">I", data[pos:pos + 4])
+        kind, body = data[pos + 4:pos + 8], data[pos + 8:pos + 8 + n]
+        assert struct.unpack(">I", data[pos + 8 + n:pos + 12 + n])[0] == zlib.crc32(kind + body)
+        chunks.append((kind, body))
+        pos += 12 + n
+    assert chunks[0][0] == b"IHDR" and chunks[-1] == (b"IEND", b"")
+    width, height, depth, color_type, *_ = struct.unpack(">IIBBBBB", chunks[0][1])
+    assert (depth, color_type) == (8, 2)
+    raw = zlib.decompress(b"".join(body for kind, body in chunks if kind == b"IDAT"))
+    assert len(raw) == height * (1 + 3 * width)
+    rows = np.frombuffer(raw, np.uint8).reshape(height, 1 + 3 * width)
+    assert (rows[:, 0] == 0).all()
+    return rows[:, 1:].reshape(height, width, 3)
+
+
+def test_plots(tmp_path):
+    run = fabricate(tmp_path)
     report.main([str(run)])
     text = (run / "REPORT.md").read_text()
-    assert "- synthetic: 1.000 (SA-SFT 0.2000, SWA-SFT 0.4000, SWA-RL 0.2000; SWA-SFT is not behind" in text
+    n_series = {"rl_reward.png": 3, "rl_accuracy.png": 3, "rl_length.png": 3, "accuracy_vs_window.png": 5}
+    for name, n in n_series.items():
+        assert f"]({name})" in text
+        img = read_png(run / name)
+        assert img.shape == (440, 780, 3)
+        packed = img.astype(np.int64) @ [65536, 256, 1]  # one integer per colour
+        assert len(np.unique(packed)) >= n + 2  # white, black, one colour per series
+        for color in report.COLORS[:n]:
+            assert (img == color).all(-1).any(), f"{name}: series colour {color} missing"
+    assert "![gsm8k accuracy over RL (held out)](rl_accuracy.png)" in text
+    # rewards rise with the step: sa-rl's line (first colour) ends higher (a smaller row) than it starts
+    ys, xs = np.nonzero((read_png(run / "rl_reward.png")[:, :600] == report.COLORS[0]).all(-1))
+    assert ys[xs == xs.max()].mean() < ys[xs == xs.min()].mean()
+    assert len(xs) > 4 * 7 * 7 + 500  # four 7x7 markers and the lines joining them across the plot
+
+
+def test_png_encoder_round_trip(tmp_path):
+    img = np.random.default_rng(0).integers(0, 256, (7, 5, 3), dtype=np.uint8)
+    report.write_png(tmp_path / "x.png", img)
+    assert (read_png(tmp_path / "x.png") == img).all()
+
+
+def test_font_covers_every_character_drawn(tmp_path, monkeypatch):
+    drawn, text_mask = [], report.text_mask
+    monkeypatch.setattr(report, "text_mask", lambda s, scale=2: drawn.append(s) or text_mask(s, scale))
+    report.main([str(fabricate(tmp_path))])
+    assert {"mean reward per RL step", "swa128-rl", "full", "SWA SFT+RL"} <= set(drawn)
+    missing = {ch for s in drawn for ch in s.upper()} - set(report.FONT)
+    assert not missing, f"characters without a glyph: {missing}"
+    glyphs = [g.tobytes() for ch, g in report.FONT.items() if ch != " "]
+    assert len(set(glyphs)) == len(glyphs) and all(g.any() for ch, g in report.FONT.items() if ch != " ")
+    assert report.text_mask("AB", scale=1).shape == (5, 7)
+
+
+def test_question_and_numbers():
+    assert report.question_text(PROMPT, toy_tokenizer()) == QUESTION
+    assert report.numbers("1,200 and 7.50 or 3.") == [(0, "1200"), (10, "7.5"), (18, "3")]
+
+
+def test_trajectory_stats():
+    tok = toy_tokenizer()
+    start = toy_tokens(PROMPT)  # the completion's first token
+    at_12, at_7 = toy_tokens(PROMPT[:PROMPT.index("12")]), toy_tokens(PROMPT[:PROMPT.index(" 7 ") + 1])
+    # 12 (restated, back to the question), 12 (back to the restatement, 11 tokens), 7 (back to the question)
+    distances, restated = report.trajectory_stats(PROMPT, RESTATES, tok)
+    assert distances == [start + 8 - at_12, 11, start + 24 - at_7] and restated
+    distances, restated = report.trajectory_stats(PROMPT, NO_RESTATE, tok)
+    assert distances == [start - at_12, start + 5 - at_7] and not restated
+    # without a tokenizer: characters / 4
+    distances, _ = report.trajectory_stats(PROMPT, RESTATES)
+    assert distances[1] == (len(PROMPT) + 19) // 4 - (len(PROMPT) + 8) // 4
+    # a window of 16 sees only the second use; 64 is still short of the question
+    records = {"p1": record("p1", RESTATES, True)}
+    assert report.trajectory_row(records, ["p1"], 16, tok) == ["1", "3", "33.3", "66.7", "100.0", "38.0", "100.0"]
+    assert start - at_12 > 128
+
+
+def test_trajectory_section(tmp_path):
+    run = fabricate(tmp_path)
+    report.main([str(run)])
+    text = section((run / "REPORT.md").read_text(), "Trajectories")
+    assert "Tokens are counted with base/'s tokenizer." in text
+    rows = table_rows(text)
+    assert len(rows) == 1 + 8  # header + (sa-sft, sa-rl, swa<W>-sft, swa<W>-rl) for W = 64 and 128
+    # p2 is not in sa-sft's records, so each row covers p1 alone: 1 completion
+    assert rows[3] == "| 64 | swa64-sft | 1 | 2 | 0.0 | 100.0 | 0.0 | 19.0 | 0.0 |"
+    assert rows[4] == "| 64 | swa64-rl | 1 | 3 | 33.3 | 66.7 | 100.0 | 38.0 | 100.0 |"
+    examples = section((run / "REPORT.md").read_text(), "Examples: SWA-SFT wrong, SWA-RL right")
+    assert "### Window 64: p1 (reference answer 19)" in examples
+    assert "swa64-sft (wrong, 19 tokens, 0 of 2 uses within 64):" in examples
+    assert "swa64-rl (right, 38 tokens, 1 of 3 uses within 64):" in examples
+    assert f"````text\n{RESTATES}\n````" in examples
+
+
+def test_synthetic_only_run(tmp_path):
+    run = tmp_path / "run"
+    (run / "eval").mkdir(parents=True)
+    (run / "base").mkdir()
+    summary = {"base-windowNone-sinks0": entry({"synthetic": task(0.5)}), "swa64-sft": entry({"synthetic": task(0.2)}),
+               "swa64-rl": entry({"synthetic": task(0.4)})}
+    (run / "eval" / "summary.json").write_text(json.dumps(summary))
+    (run / "swa64-rl").mkdir()
+    (run / "swa64-rl" / "metrics.jsonl").write_text(json.dumps({"step": 1, "reward": 0.5, "accuracy": 0.5}) + "\n")
+    report.main([str(run)])
+    text = (run / "REPORT.md").read_text()
+    assert "![training accuracy over RL (no held-out accuracy logged)](rl_accuracy.png)" in text
+    assert "No math benchmark was evaluated (only synthetic)" in text
+    assert "rl_length.png" not in text and not (run / "rl_length.png").exists()  # no lengths logged: no plot
+    read_png(run / "rl_reward.png")  # one step still plots
+
+
+def test_old_layout_fails_in_one_line(tmp_path):
+    run = tmp_path / "run"
+    (run / "eval").mkdir(parents=True)
+    (run / "eval" / "summary.json").write_text("{}")
+    with pytest.raises(SystemExit, match="base/ not found"):
+        report.main([str(run)])

@@ -75,3 +75,11 @@ def test_cli_writes_both_splits(tmp_path):
     bad = subprocess.run(cmd[:3] + ["--gaps", "a,b"], capture_output=True, text=True)
     assert bad.returncode != 0 and bad.stderr.strip().startswith("error:")
     assert json.loads((tmp_path / "test.jsonl").read_text().splitlines()[0])["id"] == test[0]["id"]
+
+
+def test_max_value_bounds_every_number():
+    rows = make_split("train", 60, gaps=(0, 64), max_value=9)
+    values = [int(v) for r in rows for v in re.findall(r"= (\d+)", r["question"])]
+    assert values and max(values) <= 9 and len(set(values)) > 5
+    assert all(abs(int(r["answer"])) <= 18 and is_correct(r["solution"], r["answer"]) for r in rows)
+    assert max(int(v) for r in make_split("train", 60, gaps=(0,)) for v in re.findall(r"= (\d+)", r["question"])) > 9
