@@ -403,7 +403,8 @@ def build_report(run_dir):
     if other:
         out += ["Evaluations outside this layout, not in the table: " + ", ".join(other) + ".", ""]
     out += ["## Gap recovered by RL", "", "(SWA-RL - SWA-SFT) / (SA-SFT - SWA-SFT) on accuracy, per window and task; "
-            "undefined when SA-SFT and SWA-SFT are equal.", "", *gap_table(summary, windows, tasks), ""]
+            "undefined when one of the three is missing or SA-SFT and SWA-SFT are equal.", "",
+            *gap_table(summary, windows, tasks), ""]
 
     # RL curves, one per arm: SA first, then by window
     arms = sorted((d for d in os.listdir(run_dir) if ARM_RE.match(d) and d.endswith("-rl")
