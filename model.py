@@ -24,7 +24,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
-from swa_attention import document_starts, sliding_window_attention
+from swa_attention import document_starts, grouped_sdpa, sliding_window_attention
 
 
 @dataclass
@@ -131,13 +131,11 @@ class LayerCache:
         if self.window is not None:
             allowed &= (qpos - kpos < self.window) | (kpos < self.sinks)
         has_keys = allowed.any(-1, keepdim=True)  # (B, T, 1)
-        # Grouped-query attention without copying keys: the G query heads that share a key head become G
-        # times as many query rows of that head.
         B, Hq, T, D = q.shape
-        G = Hq // k.shape[1]
-        q = q.reshape(B, Hq // G, G * T, D)
-        mask = (allowed | ~has_keys).repeat(1, G, 1)[:, None]
-        out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask).reshape(B, Hq, T, D)
+        Hkv = k.shape[1]
+        grouped = q.view(B, Hkv, Hq // Hkv, T, D).transpose(1, 2)  # (B, G, Hkv, T, D): no key copies per head
+        out = grouped_sdpa(grouped, keys, values, (allowed | ~has_keys)[:, None])
+        out = out.transpose(1, 2).reshape(B, Hq, T, D)
         if T > 1:
             self.store(k, v, positions)
         return out * has_keys[:, None]
@@ -262,9 +260,8 @@ class Transformer(nn.Module):
         doc_ids (B, T): document id of each token, -1 for padding; positions restart in each document.
         cache: a Cache when generating; rows may be left-padded (doc id -1) in the first chunk.
         targets (B, T): next-token ids, -1 where there is no loss. Given, forward returns the cross-entropy
-        summed over the targets >= 0 instead of the logits, as loss_fn(x, head_weight, targets) on the final
-        hidden states x (B, T, dim); the default goes through float32 logits and F.cross_entropy. sft.py's
-        compiled loss_fn computes the same without writing the float32 logits out.
+        summed over the targets >= 0 instead of the logits: loss_fn(x, head_weight, targets) on the final
+        hidden states x (B, T, dim), head_loss by default (sft.py --compile passes it compiled).
         """
         B, T = idx.shape
         if cache is not None:
@@ -288,10 +285,7 @@ class Transformer(nn.Module):
         head = self.embed_tokens.weight if self.config.tie_embeddings else self.lm_head.weight
         if targets is None:
             return F.linear(x, head).float()
-        if loss_fn is not None:
-            return loss_fn(x, head, targets)
-        logits = F.linear(x, head).float()
-        return F.cross_entropy(logits.flatten(0, -2), targets.flatten(), ignore_index=-1, reduction="sum")
+        return (loss_fn or head_loss)(x, head, targets)
 
     def make_cache(self, batch, max_len):
         return Cache(self.config, batch, max_len, self.embed_tokens.weight.dtype, self.embed_tokens.weight.device)
@@ -319,6 +313,19 @@ class Transformer(nn.Module):
             keys = seq_len / 2 if w is None or w >= seq_len else w
             attn += 12 * c.n_heads * c.head_dim * keys
         return 6 * weights + attn
+
+
+def head_loss(x, weight, targets):
+    """Output head and loss: cross-entropy summed over targets >= 0, from the final hidden states x (B, T, dim).
+
+    Logits in the activation dtype (bf16 under autocast), log-softmax in float32. Compiled (`sft.py --compile`),
+    inductor writes the (B*T, vocab) logits once, in bf16, folds the float32 cast, log-sum-exp and target pick
+    into one pass over them, and computes their gradient (softmax - one-hot, in bf16) in one more. Eager, the
+    float32 logits, their log-softmax and its gradient are each written and read again: at 8 x 4096 tokens and
+    a 49k vocabulary, 6 GB apiece.
+    """
+    logits = F.linear(x, weight).float()
+    return F.cross_entropy(logits.flatten(0, -2), targets.flatten(), ignore_index=-1, reduction="sum")
 
 
 def sample_next(logits, temperature, top_k, top_p, generator):

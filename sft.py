@@ -36,10 +36,9 @@ from contextlib import nullcontext
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from tqdm import tqdm
 
-from model import load_checkpoint, save_checkpoint
+from model import head_loss, load_checkpoint, save_checkpoint
 
 try:  # the quick accuracy check and the prompt wording come from evaluate.py, so SFT trains on what eval asks
     from evaluate import INSTRUCTION, evaluate_task
@@ -189,26 +188,13 @@ def micro_batches(idx, targets, doc_ids, rank, world, batch_size):
     return out
 
 
-def head_loss(x, weight, targets):
-    """Output head and loss: cross-entropy summed over targets >= 0, from the final hidden states x (B, T, dim).
-
-    The same arithmetic as the model's own loss path (bf16 logits under autocast, float32 log-softmax). It exists
-    to be compiled (`sft.py --compile`): inductor then writes the (B*T, vocab) logits once, in bf16, folds the
-    float32 cast, log-sum-exp and target pick into one pass over them, and computes their gradient
-    (softmax - one-hot, in bf16) in one more. Eager, the float32 logits, their log-softmax and its gradient
-    are each written and read again: at 8 x 4096 tokens and a 49k vocabulary, 6 GB apiece.
-    """
-    logits = F.linear(x, weight).float()
-    return F.cross_entropy(logits.flatten(0, -2), targets.flatten(), ignore_index=-1, reduction="sum")
-
-
 def compiled_head_loss():
     # dynamic=False as for the blocks: every step has the same shape; evaluation's last batch recompiles once.
-    return torch.compile(head_loss, dynamic=False)
+    return torch.compile(head_loss, dynamic=False)  # model.head_loss: see there what compiling it saves
 
 
 def loss_sum(model, idx, targets, doc_ids, loss_fn=None):
-    """Summed cross-entropy over targets >= 0; loss_fn: None (the model's eager path) or compiled_head_loss()."""
+    """Summed cross-entropy over targets >= 0; loss_fn: None (model.head_loss, eager) or compiled_head_loss()."""
     return model(idx, doc_ids=doc_ids, targets=targets, loss_fn=loss_fn)
 
 
@@ -424,7 +410,7 @@ def main(argv=None):
         # Per block: the 30-odd identical blocks share one compiled graph, so compiling takes seconds, not minutes.
         for block in model.layers:
             block.compile(dynamic=False)  # a new row length recompiles rather than going symbolic
-        loss_fn = compiled_head_loss()  # the output head and loss too, so the float32 logits never exist
+        loss_fn = compiled_head_loss()  # the output head and loss too: the float32 logits stay inside one kernel
     if ddp:
         model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[local_rank] if device.type == "cuda" else None)

@@ -71,7 +71,7 @@ def chunked_attention(q, k, v, window, sinks=0, q_offset=0, doc_ids=None):
         return _chunked_masked(q, k, v, W, sinks, q_offset, doc_ids)
 
     # SDPA's batch: one row per (sequence, key head), holding the G query heads that share that key head
-    # (`_attend`). Merging B with the heads is free for contiguous tensors, and doing it before cutting out
+    # (`grouped_sdpa`). Merging B with the heads is free for contiguous tensors, and doing it before cutting out
     # the spans means that at worst the keys get copied once, never the overlapping spans.
     G = Hq // Hkv
     q = q.reshape(B * Hkv, G, T, D)
@@ -94,7 +94,7 @@ def chunked_attention(q, k, v, window, sinks=0, q_offset=0, doc_ids=None):
         # A square block that its window covers (the head when q_offset is 0) is plain causal attention:
         # SDPA runs that with its flash kernel, which takes no mask.
         causal = span == size <= W
-        out.append(_attend(blocks, k_span, v_span, None if causal else band_mask(size, span, W, q.device)))
+        out.append(grouped_sdpa(blocks, k_span, v_span, None if causal else band_mask(size, span, W, q.device)))
     return torch.cat([o.flatten(2, 3) for o in out], dim=2).view(B, Hq, T, D)
 
 
@@ -113,9 +113,10 @@ def band_mask(num_queries, num_keys, window, device=None):
     return (j <= i) & (i - j < window)
 
 
-def _attend(q, k, v, mask):
-    """One SDPA call for many blocks. q: (N, G, H, P, D), k and v: (N, H, L, D), mask: broadcastable to
-    (N, H, P, L), or None for causal (P == L). Returns (N, G, H, P, D).
+def grouped_sdpa(q, k, v, mask):
+    """One SDPA call for grouped-query attention (many blocks here; the KV cache's decoding step in model.py).
+    q: (N, G, H, P, D), k and v: (N, H, L, D), mask: broadcastable to (N, H, P, L), or None for causal (P == L).
+    Returns (N, G, H, P, D).
 
     The G query heads that share a key head (grouped-query attention) are stacked into G * P rows against the
     same keys, so the keys are never repeated per query head; the mask is repeated instead, and it is small.
@@ -185,7 +186,7 @@ def _chunked_masked(q, k, v, W, sinks, q_offset, doc_ids):
     # A query with nothing to attend (padding) would give NaN; let it see everything, then zero it.
     has_keys = allowed.any(-1, keepdim=True)
     mask = (allowed | ~has_keys).flatten(0, 1)[:, None]  # (B*n, 1, P, keys)
-    out = _attend(q_blocks.flatten(0, 1), k_span.flatten(0, 1), v_span.flatten(0, 1), mask)  # (B*n, G, Hkv, P, D)
+    out = grouped_sdpa(q_blocks.flatten(0, 1), k_span.flatten(0, 1), v_span.flatten(0, 1), mask)  # (B*n, G, Hkv, P, D)
     out = out.view(B, n, G, Hkv, P, D) * has_keys[:, :, None, None]
     return out.permute(0, 3, 2, 1, 4, 5).reshape(B, Hq, n * P, D)[:, :, :T]
 

@@ -12,7 +12,7 @@ through sft.train_step itself. Prints a table with the GPU name and the SWA / fu
     python bench/sft.py --smoke                  # tiny sizes on the CPU: checks the script end to end
 
 --loss picks the output head + loss: "plain" is the model's eager path (float32 logits, F.cross_entropy),
-"compiled" is sft.head_loss under torch.compile (what `sft.py --compile` uses); the default follows --compile.
+"compiled" is model.head_loss under torch.compile (what `sft.py --compile` uses); the default follows --compile.
 
 MFU counts the FLOPs each configuration really needs (model.flops_per_token: 6 per weight plus the attention
 scores inside the window), against --peak-flops (H100/H200 dense bf16: 989e12). A micro-batch that does not

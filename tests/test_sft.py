@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import sft
-from model import Config, Transformer, load_checkpoint, save_checkpoint
+from model import Config, Transformer, head_loss, load_checkpoint, save_checkpoint
 from tokenizer import toy_tokenizer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -112,7 +112,7 @@ def compiled_head_loss():  # one compiled function for every test that needs it:
 
 @pytest.mark.parametrize("tie", [True, False])
 def test_loss_paths_match_log_softmax_of_full_logits(tie):
-    """The model's loss path and sft.head_loss, eager and compiled, give the loss and the gradients of the plain
+    """The model's loss path and model.head_loss, eager and compiled, give the loss and the gradients of the plain
     formula: log-softmax of the full logits, summed at the kept targets. The rows hold prompt tokens, document
     boundaries and padding, all with target -1."""
     tok = toy_tokenizer()
@@ -129,7 +129,7 @@ def test_loss_paths_match_log_softmax_of_full_logits(tie):
     kept = targets >= 0
     picked = logprobs.gather(-1, targets.clamp(min=0)[..., None]).squeeze(-1)
     ref_loss, ref_grads = loss_and_grads(-(picked * kept).sum())
-    for loss_fn in (None, sft.head_loss, compiled_head_loss()):
+    for loss_fn in (None, head_loss, compiled_head_loss()):
         loss, grads = loss_and_grads(sft.loss_sum(model, idx, targets, doc_ids, loss_fn))
         torch.testing.assert_close(loss, ref_loss, rtol=1e-6, atol=1e-5)
         for g, ref in zip(grads, ref_grads):
