@@ -254,7 +254,7 @@ class Transformer(nn.Module):
                 p.data.copy_(torch.randn(p.shape, generator=g) * 0.02)
         return self
 
-    def forward(self, idx, doc_ids=None, cache=None, targets=None, loss_fn=None):
+    def forward(self, idx, doc_ids=None, cache=None, targets=None, loss_fn=None, last_only=False):
         """idx (B, T) token ids -> logits (B, T, vocab) in float32.
 
         doc_ids (B, T): document id of each token, -1 for padding; positions restart in each document.
@@ -262,6 +262,8 @@ class Transformer(nn.Module):
         targets (B, T): next-token ids, -1 where there is no loss. Given, forward returns the cross-entropy
         summed over the targets >= 0 instead of the logits: loss_fn(x, head_weight, targets) on the final
         hidden states x (B, T, dim), head_loss by default (sft.py --compile passes it compiled).
+        last_only: logits (B, 1, vocab) of the last position only, all that sampling needs; a prefill's full
+        logits would be B x T x vocab floats (20 GB for 512 prompts of 200 tokens with a 49k vocabulary).
         """
         B, T = idx.shape
         if cache is not None:
@@ -281,7 +283,7 @@ class Transformer(nn.Module):
                 x = torch.utils.checkpoint.checkpoint(layer, x, cos, sin, doc_ids, positions, None, use_reentrant=False)
             else:
                 x = layer(x, cos, sin, doc_ids, positions, layer_cache)
-        x = self.norm(x)
+        x = self.norm(x[:, -1:] if last_only else x)
         head = self.embed_tokens.weight if self.config.tie_embeddings else self.lm_head.weight
         if targets is None:
             return F.linear(x, head).float()
@@ -368,13 +370,13 @@ def graphed_decode_step(model, cache, batch):
             side = torch.cuda.Stream(device)
             side.wait_stream(torch.cuda.current_stream(device))
             with torch.cuda.stream(side):
-                out = model(tokens, doc_ids=doc_ids, cache=cache)[:, -1]
+                out = model(tokens, doc_ids=doc_ids, cache=cache, last_only=True)[:, -1]
             torch.cuda.current_stream(device).wait_stream(side)
             return out
         if graph is None:  # capturing records the kernels without running them
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph):
-                logits = model(tokens, doc_ids=doc_ids, cache=cache)[:, -1]
+                logits = model(tokens, doc_ids=doc_ids, cache=cache, last_only=True)[:, -1]
         graph.replay()
         return logits
 
@@ -395,12 +397,12 @@ def generate(model, prompts, max_new_tokens, temperature=0.0, top_k=None, top_p=
         idx[row, longest - len(p):] = torch.tensor(p, dtype=torch.long)
         doc_ids[row, longest - len(p):] = 0
     cache = model.make_cache(B, longest + max_new_tokens)
-    logits = model(idx, doc_ids=doc_ids, cache=cache)[:, -1]
+    logits = model(idx, doc_ids=doc_ids, cache=cache, last_only=True)[:, -1]
     if cuda_graph and device.type == "cuda":
         step = graphed_decode_step(model, cache, B)
     else:
         def step(tokens, doc_ids):
-            return model(tokens, doc_ids=doc_ids, cache=cache)[:, -1]
+            return model(tokens, doc_ids=doc_ids, cache=cache, last_only=True)[:, -1]
     stop = torch.tensor(list(stop_tokens), dtype=torch.long, device=device)
     done = torch.zeros(B, dtype=torch.bool, device=device)
     tokens, logprobs = [], []

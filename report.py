@@ -9,12 +9,14 @@ Reads the layout run.sh writes:
     <run>/swa<W>-{sft,rl}/            one sliding-window (SWA) arm per window W; rl dirs hold metrics.jsonl
     <run>/eval/summary.json           evaluate.py's metrics per label and task
     <run>/eval/<label>/<task>.jsonl   evaluate.py's per-problem records (prompt, completions, correct, ...)
+    <run>/data/synthetic/test.jsonl   the synthetic test set, when there is one (its gaps)
 A label is a checkpoint directory name, plus -window<W>-sinks<S> when evaluate.py overrode the window:
 base-windowNone-sinks0 is the unconverted model, base-window64-sinks0 the converted one before any training.
 
 Writes, next to the runs:
     REPORT.md                a table (attention x stage: accuracy per task, mean completion length, generation
-                             tokens/s, peak memory), the gap recovered by RL, RL curves, trajectory analysis
+                             tokens/s, peak memory), synthetic accuracy per gap, the gap recovered by RL, RL
+                             curves, trajectory analysis
     rl_reward.png            mean reward per RL step, one line per arm
     rl_accuracy.png          held-out accuracy over RL steps (training accuracy when rl.py logged none)
     rl_length.png            mean completion length per RL step
@@ -25,6 +27,7 @@ Definitions (also stated in the report):
     standard error       sqrt(p (1 - p) / n) over a task's n problems (binomial; each row is one run)
     gap recovered by RL  (SWA-RL - SWA-SFT) / (SA-SFT - SWA-SFT), per window and task, on accuracy;
                          "undefined" when the denominator is ~0 (SFT left no gap to recover)
+    RL gain, paired      SWA-RL - SWA-SFT on the same problems, with a paired standard error (paired_gain)
     trajectory metrics   see trajectory_stats()
 
 Test: python -m pytest -q tests/test_report.py
@@ -141,21 +144,44 @@ def table(summary, rows, tasks):
     return lines
 
 
-def gap_table(summary, windows, tasks):
-    lines = ["| window | task | SA-SFT (%) | SWA-SFT (%) | SWA-RL (%) | gap recovered | note |",
-             "|---|---|---|---|---|---|---|"]
+def paired_gain(run_dir, before, after, task):
+    """RL's gain on the problems both labels answered: (fixed - broken) / n, with the paired standard error
+    sqrt(fixed + broken - (fixed - broken)^2 / n) / n, far tighter than two independent errors when most
+    problems keep their verdict. Returns (gain, se, fixed, broken), or None without both sets of records."""
+    paths = [os.path.join(run_dir, "eval", label, f"{task}.jsonl") for label in (before, after)]
+    if not all(os.path.exists(p) for p in paths):
+        return None
+    old, new = ({r["id"]: r["correct"][0] for r in load_jsonl(p)} for p in paths)
+    common = old.keys() & new.keys()
+    if not common:
+        return None
+    n = len(common)
+    fixed = sum(new[i] and not old[i] for i in common)
+    broken = sum(old[i] and not new[i] for i in common)
+    se = math.sqrt(max(fixed + broken - (fixed - broken) ** 2 / n, 0.0)) / n
+    return (fixed - broken) / n, se, fixed, broken
+
+
+def gap_table(summary, windows, tasks, run_dir):
+    lines = ["| window | task | SA-SFT (%) | SWA-SFT (%) | SWA-RL (%) | gap recovered | RL gain, paired (points) | note |",
+             "|---|---|---|---|---|---|---|---|"]
     for w in windows:
         for t in tasks:
             (sa, sa_se), (sft, sft_se), (rl, rl_se) = (accuracy(summary, label, t)
                                                        for label in ("sa-sft", f"swa{w}-sft", f"swa{w}-rl"))
             g = gap_recovered(sa, sft, rl)
+            paired = paired_gain(run_dir, f"swa{w}-sft", f"swa{w}-rl", t)
             notes = []
             if g is not None and sa < sft:
                 notes.append("SWA-SFT is not behind SA-SFT, so there is no gap to recover and the ratio means little")
             if g is not None and None not in (sa_se, sft_se) and abs(sa - sft) < 2 * math.hypot(sa_se, sft_se):
                 notes.append("the SFT gap is within 2 standard errors: the ratio is mostly noise")
+            if paired is not None and abs(paired[0]) < 2 * paired[1]:
+                notes.append("RL's gain is within 2 paired standard errors")
+            gain = "-" if paired is None else (f"{100 * paired[0]:+.1f} ± {100 * paired[1]:.1f} "
+                                               f"({paired[2]} fixed, {paired[3]} broken)")
             lines.append(f"| {w} | {t} | {percent(sa, sa_se)} | {percent(sft, sft_se)} | {percent(rl, rl_se)} | "
-                         f"{'undefined' if g is None else f'{g:.3f}'} | {'; '.join(notes) or '-'} |")
+                         f"{'undefined' if g is None else f'{g:.3f}'} | {gain} | {'; '.join(notes) or '-'} |")
     return lines
 
 
@@ -338,6 +364,38 @@ def trajectory_row(records, ids, window, tok):
             f"{sum(tokens) / len(tokens):.1f}", f"{100 * sum(correct) / len(correct):.1f}"]
 
 
+def gap_breakdown(run_dir, rows):
+    """The synthetic task's accuracy per binding distance: tokens from the first number to the question's end
+    (data/synthetic/test.jsonl's "gap"). Empty when the run has no synthetic test set with records."""
+    path = os.path.join(run_dir, "data", "synthetic", "test.jsonl")
+    if not os.path.exists(path):
+        return []
+    gap = {p["id"]: p["gap"] for p in load_jsonl(path)}
+    # each problem reaches its requested gap with a few tokens to spare: gaps within 16 tokens form one group
+    groups = []
+    for g in sorted(set(gap.values())):
+        if groups and g - groups[-1][-1] <= 16:
+            groups[-1].append(g)
+        else:
+            groups.append([g])
+    group_of = {g: i for i, group in enumerate(groups) for g in group}
+    names = [f"{group[0]}" if len(group) == 1 else f"{group[0]}-{group[-1]}" for group in groups]
+    out = ["| checkpoint | window | " + " | ".join(f"gap {n} (%)" for n in names) + " |",
+           "|---|---|" + "---|" * len(groups)]
+    for r in rows:
+        records = os.path.join(run_dir, "eval", r["label"], "synthetic.jsonl")
+        if not os.path.exists(records):
+            continue
+        correct = [[] for _ in groups]
+        for rec in load_jsonl(records):
+            if rec["id"] in gap:
+                correct[group_of[gap[rec["id"]]]].append(rec["correct"][0])
+        cells = [percent(sum(c) / len(c), math.sqrt(sum(c) / len(c) * (1 - sum(c) / len(c)) / len(c))) if c else "-"
+                 for c in correct]
+        out.append(f"| {r['label']} | {window_text(r['window'])} | " + " | ".join(cells) + " |")
+    return out if len(out) > 2 else []
+
+
 def trajectories(run_dir, windows, tasks):
     """The trajectory section: SWA W SFT against SWA W SFT + RL (SA for reference) on the same problems."""
     task = next((t for t in MATH_TASKS if t in tasks), None)
@@ -402,9 +460,16 @@ def build_report(run_dir):
            "process's peak (CPU: whole-process RSS).", "", *table(summary, rows, tasks), ""]
     if other:
         out += ["Evaluations outside this layout, not in the table: " + ", ".join(other) + ".", ""]
+    by_gap = gap_breakdown(run_dir, rows)
+    if by_gap:
+        out += ["## Synthetic accuracy by gap", "", "The gap is the distance in tokens from the first number to the "
+                "end of the question: beyond the window, the number can reach the answer only through the layers.",
+                "", *by_gap, ""]
     out += ["## Gap recovered by RL", "", "(SWA-RL - SWA-SFT) / (SA-SFT - SWA-SFT) on accuracy, per window and task; "
-            "undefined when one of the three is missing or SA-SFT and SWA-SFT are equal.", "",
-            *gap_table(summary, windows, tasks), ""]
+            "undefined when one of the three is missing or SA-SFT and SWA-SFT are equal. The RL gain is SWA-RL - "
+            "SWA-SFT on the problems both answered, ± its paired standard error sqrt(f + b - (f - b)^2 / n) / n "
+            "(f problems fixed, b broken, out of n).", "",
+            *gap_table(summary, windows, tasks, run_dir), ""]
 
     # RL curves, one per arm: SA first, then by window
     arms = sorted((d for d in os.listdir(run_dir) if ARM_RE.match(d) and d.endswith("-rl")

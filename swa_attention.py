@@ -225,7 +225,23 @@ def _cached_block_mask(B, T, S, window, sinks, q_offset, device):
     return create_block_mask(mask_mod, None, None, T, S, device=device)
 
 
+# Every layer of a forward pass asks for the same document mask, and building one is a pass over all B x T x S
+# pairs, which for packed SFT rows took longer than the layers' attention itself. So the last one is kept, for
+# the same doc_ids tensor, unmodified (its version counter), and the same shape.
+_last_doc_mask = None
+
+
 def _doc_block_mask(T, S, window, sinks, q_offset, doc_ids):
+    global _last_doc_mask
+    if torch.compiler.is_compiling():  # inside a compiled block the mask is built by compiled code: cheap
+        return _build_doc_block_mask(T, S, window, sinks, q_offset, doc_ids)
+    key = (doc_ids._version, T, S, window, sinks, q_offset)
+    if _last_doc_mask is None or _last_doc_mask[0] is not doc_ids or _last_doc_mask[1] != key:
+        _last_doc_mask = doc_ids, key, _build_doc_block_mask(T, S, window, sinks, q_offset, doc_ids)
+    return _last_doc_mask[2]
+
+
+def _build_doc_block_mask(T, S, window, sinks, q_offset, doc_ids):
     from torch.nn.attention.flex_attention import create_block_mask
     key_position = torch.arange(S, device=doc_ids.device) - document_starts(doc_ids)
     W = S if window is None else window

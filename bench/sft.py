@@ -2,13 +2,14 @@
 Training throughput of sft.py's step: tokens/s and MFU, sliding window vs full attention, long sequences.
 
 A SmolLM2-360M-sized model with random weights (Llama: dim 960, 32 layers, 15 heads, 5 key/value heads,
-SwiGLU 2560, vocabulary 49152, tied embeddings), bf16 autocast, fused AdamW, one document per row, timed
-through sft.train_step itself. Prints a table with the GPU name and the SWA / full tokens/s ratio per length.
+SwiGLU 2560, vocabulary 49152, tied embeddings), bf16 autocast, fused AdamW, one document per row (or packed
+ones: --doc-len), timed through sft.train_step itself. Prints a table with the GPU name and the SWA / full tokens/s ratio per length.
 
     python bench/sft.py                          # one GPU: sequences 4k and 16k, window 512 vs full (~2 min on an H100)
     python bench/sft.py --compile                # torch.compile each block and the head + loss, as `sft.py --compile` does
     python bench/sft.py --compile --loss both --seq-lens 4096   # A/B: eager head + loss vs compiled, same run
     python bench/sft.py --seq-lens 4096,16384,32768 --batch-tokens 65536 --grad-checkpoint
+    python bench/sft.py --seq-lens 2048 --doc-len 300   # packed short examples, as GSM8K SFT runs
     python bench/sft.py --smoke                  # tiny sizes on the CPU: checks the script end to end
 
 --loss picks the output head + loss: "plain" is the model's eager path (float32 logits, F.cross_entropy),
@@ -40,6 +41,8 @@ parser.add_argument("--steps", type=int, default=10, help="timed steps per confi
 parser.add_argument("--compile", action="store_true", help="torch.compile each transformer block")
 parser.add_argument("--loss", choices=("plain", "compiled", "both"), default=None,
                     help="output head + loss: eager, compiled, or both in turn (default: compiled with --compile)")
+parser.add_argument("--doc-len", type=int, default=0,
+                    help="pack documents of this many tokens into each row, as sft.py packs examples (0: one per row)")
 parser.add_argument("--grad-checkpoint", action="store_true", help="recompute activations in backward")
 parser.add_argument("--peak-flops", type=float, default=989e12, help="peak bf16 FLOP/s of the GPU, for MFU")
 parser.add_argument("--smoke", action="store_true", help="tiny model and sequences on the CPU")
@@ -72,6 +75,7 @@ if args.compile:
 optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, betas=(0.9, 0.95), fused=device.type == "cuda")
 loss_fns = {"plain": None, "compiled": compiled_head_loss()}
 print(f"{gpu}: {model.num_params():,} parameters, torch {torch.__version__}, compile {args.compile}, "
+      f"{f'documents of {args.doc_len} tokens' if args.doc_len else 'one document per row'}, "
       f"head + loss {'/'.join(loss_modes)}, grad checkpoint {args.grad_checkpoint}")
 
 
@@ -86,6 +90,8 @@ def measure(seq_len, rows, loss_fn):
     idx = torch.randint(0, config.vocab_size, (rows, seq_len), generator=g)
     targets = torch.randint(0, config.vocab_size, (rows, seq_len), generator=g)
     doc_ids = torch.zeros(rows, seq_len, dtype=torch.long)  # one document per row, as a long trace would be
+    if args.doc_len:
+        doc_ids[:] = torch.arange(seq_len) // args.doc_len
     batches = micro_batches(idx, targets, doc_ids, 0, 1, rows)
     for _ in range(warmup):
         train_step(model, optimizer, batches, targets.numel(), 1e-5, 1.0, device, loss_fn=loss_fn)

@@ -25,6 +25,16 @@ def reference(q, k, v, window, sinks, q_offset, doc_ids):
     return out
 
 
+def assert_same_with_gradients(out, ref, inputs):
+    """out equals ref, and so do their gradients with respect to inputs under the same random output gradient."""
+    torch.testing.assert_close(out, ref, rtol=1e-9, atol=1e-9)
+    grad = torch.randn_like(out)
+    got = torch.autograd.grad((out * grad).sum(), inputs)
+    want = torch.autograd.grad((ref * grad).sum(), inputs)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, rtol=1e-9, atol=1e-9)
+
+
 CASES = [  # T, q_offset, window, sinks, Hq, Hkv, docs
     (7, 0, 3, 0, 4, 2, None),  # odd length, GQA
     (9, 0, 1, 0, 2, 2, None),  # window 1: a token sees only itself
@@ -71,13 +81,7 @@ def test_matches_reference_with_gradients(impl, case):
     v = torch.randn(B, Hkv, S, D, dtype=torch.float64, requires_grad=True)
     docs = make_docs(kind, B, S)
     out = sliding_window_attention(q, k, v, window, sinks, impl=impl, q_offset=q_offset, doc_ids=docs)
-    ref = reference(q, k, v, window, sinks, q_offset, docs)
-    torch.testing.assert_close(out, ref, rtol=1e-9, atol=1e-9)
-    grad = torch.randn_like(out)
-    got = torch.autograd.grad((out * grad).sum(), (q, k, v))
-    want = torch.autograd.grad((ref * grad).sum(), (q, k, v))
-    for g, w in zip(got, want):
-        torch.testing.assert_close(g, w, rtol=1e-9, atol=1e-9)
+    assert_same_with_gradients(out, reference(q, k, v, window, sinks, q_offset, docs), (q, k, v))
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -92,6 +96,24 @@ def test_flex_forward_matches_reference(case):
     torch.testing.assert_close(out, reference(q, k, v, window, sinks, q_offset, docs), rtol=1e-9, atol=1e-9)
 
 
+def test_flex_document_mask_follows_the_documents():
+    # The layers of one forward pass share one document block mask; a new doc_ids tensor, or the same tensor
+    # changed in place, must get a mask of its own.
+    torch.manual_seed(2)
+    B, H, T, D, window = 2, 2, 17, 8, 5
+    q, k, v = torch.randn(3, B, H, T, D, dtype=torch.float64)
+    docs = make_docs("packed", B, T)
+    for _ in range(2):  # the second call reuses the mask
+        out = sliding_window_attention(q, k, v, window, sinks=1, impl="flex", doc_ids=docs)
+        torch.testing.assert_close(out, reference(q, k, v, window, 1, 0, docs), rtol=1e-9, atol=1e-9)
+    docs[0, 2:] = 5  # in place: same tensor, new documents
+    out = sliding_window_attention(q, k, v, window, sinks=1, impl="flex", doc_ids=docs)
+    torch.testing.assert_close(out, reference(q, k, v, window, 1, 0, docs), rtol=1e-9, atol=1e-9)
+    other = make_docs("left_pad", B, T)
+    out = sliding_window_attention(q, k, v, window, sinks=1, impl="flex", doc_ids=other)
+    torch.testing.assert_close(out, reference(q, k, v, window, 1, 0, other), rtol=1e-9, atol=1e-9)
+
+
 def test_chunked_strided_inputs_and_later_keys():
     # The model's q, k, v are transposed views of (B, T, H, D) tensors, and keys may go on past the last query.
     torch.manual_seed(3)
@@ -101,13 +123,7 @@ def test_chunked_strided_inputs_and_later_keys():
     v = torch.randn(B, S, Hkv, D, dtype=torch.float64, requires_grad=True)
     args = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
     out = sliding_window_attention(*args, 4, impl="chunked", q_offset=q_offset)
-    ref = reference(*args, 4, 0, q_offset, None)
-    torch.testing.assert_close(out, ref, rtol=1e-9, atol=1e-9)
-    grad = torch.randn_like(out)
-    got = torch.autograd.grad((out * grad).sum(), (q, k, v))
-    want = torch.autograd.grad((ref * grad).sum(), (q, k, v))
-    for g, w in zip(got, want):
-        torch.testing.assert_close(g, w, rtol=1e-9, atol=1e-9)
+    assert_same_with_gradients(out, reference(*args, 4, 0, q_offset, None), (q, k, v))
 
 
 @pytest.mark.parametrize("sinks", [0, 2])  # the blocked path, and the path with a mask per block

@@ -121,8 +121,9 @@ def test_gap(tmp_path):
     run = fabricate(tmp_path)
     report.main([str(run)])
     rows = table_rows(section((run / "REPORT.md").read_text(), "Gap recovered by RL"))
-    assert rows[1] == "| 64 | gsm8k | 80.0 ± 12.6 | 30.0 ± 14.5 | 55.0 ± 15.7 | 0.500 | - |"  # (0.55-0.3)/(0.8-0.3)
-    assert rows[2] == "| 64 | svamp | - | - | - | undefined | - |"
+    # (0.55-0.3)/(0.8-0.3); RL fixed both problems swa64-sft got wrong
+    assert rows[1] == "| 64 | gsm8k | 80.0 ± 12.6 | 30.0 ± 14.5 | 55.0 ± 15.7 | 0.500 | +100.0 ± 0.0 (2 fixed, 0 broken) | - |"
+    assert rows[2] == "| 64 | svamp | - | - | - | undefined | - | - |"
     assert rows[3].startswith("| 128 | gsm8k | 80.0 ± 12.6 | 80.0 ± 12.6 | 85.0 ± 11.3 | undefined |")  # no gap
 
 
@@ -130,8 +131,27 @@ def test_gap_swa_ahead_or_within_noise_is_flagged(tmp_path):
     run = fabricate(tmp_path, sa_sft=0.8, swa64_sft=0.9, swa64_rl=0.85)
     report.main([str(run)])
     row = table_rows(section((run / "REPORT.md").read_text(), "Gap recovered by RL"))[1]
-    assert row.startswith("| 64 | gsm8k | 80.0 ± 12.6 | 90.0 ± 9.5 | 85.0 ± 11.3 | 0.500 | SWA-SFT is not behind")
+    assert row.startswith("| 64 | gsm8k | 80.0 ± 12.6 | 90.0 ± 9.5 | 85.0 ± 11.3 | 0.500 | +100.0 ± 0.0 (2 fixed, 0 broken) "
+                          "| SWA-SFT is not behind")
     assert "within 2 standard errors" in row
+
+
+def test_paired_gain(tmp_path):
+    # 10 problems: 3 fixed, 1 broken, 6 unchanged; one more answered only before RL, which is left out
+    run = tmp_path / "run"
+    before = [True, False, False, False, True, True, False, False, False, False, True]
+    after = [False, True, True, True, True, True, False, False, False, False]
+    for label, verdicts in (("swa64-sft", before), ("swa64-rl", after)):
+        (run / "eval" / label).mkdir(parents=True)
+        (run / "eval" / label / "gsm8k.jsonl").write_text(
+            "".join(json.dumps({"id": f"p{i}", "correct": [c]}) + "\n" for i, c in enumerate(verdicts)))
+    gain, se, fixed, broken = report.paired_gain(str(run), "swa64-sft", "swa64-rl", "gsm8k")
+    assert (fixed, broken) == (3, 1)
+    assert gain == pytest.approx(0.2)
+    # the same from the per-problem differences d in {-1, 0, 1}: sqrt(n * var(d)) / n with var over n
+    d = np.array([-1, 1, 1, 1, 0, 0, 0, 0, 0, 0])
+    assert se == pytest.approx(np.sqrt(len(d) * d.var()) / len(d))
+    assert report.paired_gain(str(run), "swa64-sft", "swa128-rl", "gsm8k") is None
 
 
 @pytest.mark.parametrize("args, expected", [((0.8, 0.3, 0.55), 0.5), ((0.8, 0.3, 0.3), 0.0),
@@ -256,6 +276,27 @@ def test_synthetic_only_run(tmp_path):
     assert "No math benchmark was evaluated (only synthetic)" in text
     assert "rl_length.png" not in text and not (run / "rl_length.png").exists()  # no lengths logged: no plot
     read_png(run / "rl_reward.png")  # one step still plots
+
+
+def test_synthetic_accuracy_by_gap(tmp_path):
+    run = tmp_path / "run"
+    (run / "base").mkdir(parents=True)
+    (run / "data" / "synthetic").mkdir(parents=True)
+    gaps = {"a": 15, "b": 16, "c": 66, "d": 70, "e": 260}  # three groups: 15-16, 66-70, 260
+    (run / "data" / "synthetic" / "test.jsonl").write_text(
+        "".join(json.dumps({"id": i, "gap": g}) + "\n" for i, g in gaps.items()))
+    summary = {"sa-sft": entry({"synthetic": task(0.8, n=5)}), "swa64-sft": entry({"synthetic": task(0.4, n=5)})}
+    correct = {"sa-sft": {"a": 1, "b": 1, "c": 1, "d": 0, "e": 1}, "swa64-sft": {"a": 1, "b": 0, "c": 0, "d": 0}}
+    for label, verdicts in correct.items():
+        (run / "eval" / label).mkdir(parents=True)
+        (run / "eval" / label / "synthetic.jsonl").write_text(
+            "".join(json.dumps({"id": i, "correct": [bool(c)]}) + "\n" for i, c in verdicts.items()))
+    (run / "eval" / "summary.json").write_text(json.dumps(summary))
+    report.main([str(run)])
+    rows = table_rows(section((run / "REPORT.md").read_text(), "Synthetic accuracy by gap"))
+    assert rows[0] == "| checkpoint | window | gap 15-16 (%) | gap 66-70 (%) | gap 260 (%) |"
+    assert rows[1] == "| sa-sft | full | 100.0 ± 0.0 | 50.0 ± 35.4 | 100.0 ± 0.0 |"
+    assert rows[2] == "| swa64-sft | 64 | 50.0 ± 35.4 | 0.0 ± 0.0 | - |"
 
 
 def test_old_layout_fails_in_one_line(tmp_path):
