@@ -33,7 +33,7 @@ from tqdm import tqdm
 
 from data.answers import find_answer, is_correct, to_number
 from data.prepare import DATA_DIR, load_jsonl
-from model import generate, load_checkpoint
+from model import generate, load_checkpoint, parse_window
 
 INSTRUCTION = ("Solve the problem step by step. Write the final answer at the end, after \"####\" "
                "(for example \"#### 42\") or inside \\boxed{}.")
@@ -241,11 +241,10 @@ def main():
         raise SystemExit("error: --samples, --batch-size and --max-new-tokens must be >= 1, --few-shot >= 0")
     if args.samples > 1 and args.temperature <= 0:
         raise SystemExit("error: --samples > 1 needs --temperature > 0 (greedy samples would all be equal)")
-    window = None  # parsed --window, used only when the flag is given: "none" -> None, full attention
-    if args.window is not None and args.window.lower() != "none":
-        if not args.window.isdigit() or int(args.window) < 1:
-            raise SystemExit(f"error: --window must be a positive integer or 'none', got {args.window!r}")
-        window = int(args.window)
+    try:  # used only when the flag is given: "none" -> None, full attention
+        window = None if args.window is None else parse_window(args.window)
+    except ValueError as e:
+        raise SystemExit(f"error: {e}")
     tasks = [t for t in args.tasks.split(",") if t]
     problems = {t: load_task(args.data_dir, t, "test")[:args.limit] for t in tasks}
     shots = {}

@@ -108,7 +108,11 @@ def accuracy(summary, label, task):
     """(accuracy, binomial standard error) of a label on a task; (None, None) when it was not evaluated."""
     m = summary.get(label, {}).get("tasks", {}).get(task) or {}
     p, n = m.get("accuracy"), m.get("n_problems")
-    return p, (math.sqrt(p * (1 - p) / n) if p is not None and n else None)
+    return p, (binomial_se(p, n) if p is not None and n else None)
+
+
+def binomial_se(p, n):
+    return math.sqrt(p * (1 - p) / n)
 
 
 def percent(p, se):
@@ -390,8 +394,7 @@ def gap_breakdown(run_dir, rows):
         for rec in load_jsonl(records):
             if rec["id"] in gap:
                 correct[group_of[gap[rec["id"]]]].append(rec["correct"][0])
-        cells = [percent(sum(c) / len(c), math.sqrt(sum(c) / len(c) * (1 - sum(c) / len(c)) / len(c))) if c else "-"
-                 for c in correct]
+        cells = [percent(sum(c) / len(c), binomial_se(sum(c) / len(c), len(c))) if c else "-" for c in correct]
         out.append(f"| {r['label']} | {window_text(r['window'])} | " + " | ".join(cells) + " |")
     return out if len(out) > 2 else []
 

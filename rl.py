@@ -48,7 +48,7 @@ from tqdm import tqdm
 from data.answers import find_answer, is_correct
 from data.prepare import DATA_DIR
 from evaluate import build_prompt, evaluate_task, load_task
-from model import generate, load_checkpoint
+from model import generate, load_checkpoint, parse_window
 from sft import METRICS_FILE, STATE_FILE, save_run
 
 AGGREGATIONS = ("token", "grpo", "drgrpo")
@@ -277,11 +277,10 @@ def main(argv=None):
         raise SystemExit("error: --overlong-cache must be in [0, --max-new-tokens)")
     if args.kl_beta < 0 or args.lr <= 0 or args.eval_every < 0:
         raise SystemExit("error: --kl-beta and --eval-every must be >= 0 and --lr > 0")
-    window = None
-    if args.window is not None and args.window.lower() != "none":
-        if not args.window.isdigit() or int(args.window) < 1:
-            raise SystemExit(f"error: --window must be a positive integer or 'none', got {args.window!r}")
-        window = int(args.window)
+    try:  # used only when the flag is given: "none" -> None, full attention
+        window = None if args.window is None else parse_window(args.window)
+    except ValueError as e:
+        raise SystemExit(f"error: {e}")
     out_dir = args.out or os.path.join("ckpt", f"rl-{args.task}")
     if args.resume and not os.path.isdir(out_dir):
         raise SystemExit(f"error: --resume but {out_dir} does not exist")

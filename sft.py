@@ -38,7 +38,7 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from model import head_loss, load_checkpoint, save_checkpoint
+from model import head_loss, load_checkpoint, parse_window, save_checkpoint
 
 try:  # the quick accuracy check and the prompt wording come from evaluate.py, so SFT trains on what eval asks
     from evaluate import INSTRUCTION, evaluate_task
@@ -56,19 +56,6 @@ METRICS_FILE = "metrics.jsonl"
 def print0(*args, **kwargs):
     if int(os.environ.get("RANK", 0)) == 0:
         print(*args, **kwargs)
-
-
-def parse_window(text):
-    """--window: a positive integer or "none" (full attention)."""
-    if text.lower() == "none":
-        return None
-    try:
-        window = int(text)
-    except ValueError:
-        window = 0
-    if window < 1:
-        raise ValueError(f"--window must be a positive integer or none, got {text!r}")
-    return window
 
 
 # ----------------------------------------------------------------------------------------------------------
