@@ -189,6 +189,28 @@ def gap_table(summary, windows, tasks, run_dir):
     return lines
 
 
+
+def rl_both_table(summary, windows, tasks, run_dir):
+    """RL on both arms: each arm's paired RL gain, and the SA - SWA gap after SFT and after RL."""
+    lines = ["| window | task | SA: SFT -> RL (%) | SA RL gain, paired | SWA: SFT -> RL (%) | SWA RL gain, paired "
+             "| gap after SFT (points) | gap after RL (points) |", "|---" * 8 + "|"]
+
+    def gain(before, after, t):
+        g = paired_gain(run_dir, before, after, t)
+        return "-" if g is None else f"{100 * g[0]:+.1f} ± {100 * g[1]:.1f}"
+
+    def gap(sa, swa):
+        return "-" if None in (sa, swa) else f"{100 * (sa - swa):.1f}"
+
+    for w in windows:
+        for t in tasks:
+            sa_sft, sa_rl, sft, rl = (accuracy(summary, label, t)[0]
+                                      for label in ("sa-sft", "sa-rl", f"swa{w}-sft", f"swa{w}-rl"))
+            arrow = lambda a, b: f"{percent(a, None)} -> {percent(b, None)}"  # noqa: E731
+            lines.append(f"| {w} | {t} | {arrow(sa_sft, sa_rl)} | {gain('sa-sft', 'sa-rl', t)} | {arrow(sft, rl)} | "
+                         f"{gain(f'swa{w}-sft', f'swa{w}-rl', t)} | {gap(sa_sft, sft)} | {gap(sa_rl, rl)} |")
+    return lines
+
 # -- plots: a numpy canvas, a 3x5 bitmap font, a PNG encoder ------------------------------------------------
 
 # Each glyph is five rows of three pixels, one octal digit per row (4 = left pixel, 2 = middle, 1 = right).
@@ -473,6 +495,10 @@ def build_report(run_dir):
             "SWA-SFT on the problems both answered, ± its paired standard error sqrt(f + b - (f - b)^2 / n) / n "
             "(f problems fixed, b broken, out of n).", "",
             *gap_table(summary, windows, tasks, run_dir), ""]
+    out += ["## RL on both arms", "", "The gap recovered compares SWA-RL with SA-SFT. When full attention gets the "
+            "same RL, the gap left is SA-RL - SWA-RL: RL narrows it only where it gains more under the window than "
+            "under full attention. Gains are paired, as above; gaps are SA - SWA in accuracy points.", "",
+            *rl_both_table(summary, windows, tasks, run_dir), ""]
 
     # RL curves, one per arm: SA first, then by window
     arms = sorted((d for d in os.listdir(run_dir) if ARM_RE.match(d) and d.endswith("-rl")

@@ -8,9 +8,11 @@ Times every attention path against full causal SDPA and flex_attention: forward,
 First it checks every path on the device, gradients included (flex_attention has no CPU backward, so this is
 where its gradients are verified), against the dense SDPA path in float32, and the chunked path in the timed
 dtype too. Then one table row per (T, window, path): milliseconds, peak memory, and ratios to flex_attention
-and to full causal SDPA.
+and to full causal SDPA. The paths take turns call by call (CUDA events, medians), so that paths running the same
+kernel (auto and flex at long lengths) time alike.
 """
 import argparse
+import functools
 import os
 import sys
 import time
@@ -28,7 +30,7 @@ parser.add_argument("--paths", default="auto,chunked,compiled,sdpa,flex", help="
 parser.add_argument("--heads", type=int, default=16, help="query heads")
 parser.add_argument("--kv-heads", type=int, default=None, help="key/value heads (default: as many as query heads)")
 parser.add_argument("--head-dim", type=int, default=128, help="head dimension")
-parser.add_argument("--iters", type=int, default=10, help="timed iterations per measurement")
+parser.add_argument("--iters", type=int, default=15, help="timed rounds (one call of every path each)")
 parser.add_argument("--smoke", action="store_true", help="tiny sizes on whatever device is present")
 args = parser.parse_args()
 
@@ -48,25 +50,57 @@ def sync():
         torch.cuda.synchronize()
 
 
-def measure(fn, backward):
-    """Median milliseconds of fn (and its backward) and the peak memory it reached, in GiB."""
-    def step():
-        out = fn()
-        if backward:
-            out.backward(grad)
-    step()
-    step()  # warm up: compilation, block masks, allocator
+def elapsed_ms(fn):
+    """Milliseconds one call of fn takes on the device (CUDA events; the wall clock on a CPU)."""
     sync()
-    if device == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    times = []
-    for _ in range(args.iters):
+    if device != "cuda":
         start = time.perf_counter()
-        step()
-        sync()
-        times.append((time.perf_counter() - start) * 1000)
-    peak = torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else float("nan")
-    return sorted(times)[len(times) // 2], peak
+        fn()
+        return (time.perf_counter() - start) * 1000
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    fn()
+    end.record()
+    sync()
+    return start.elapsed_time(end)
+
+
+def measure(paths, inputs):
+    """{path: (forward ms, forward+backward ms, peak GiB of the forward pass)}, or None where a path ran out of memory.
+
+    The paths take turns, one call each per round, and each gets the median of its rounds: a drift in clocks or
+    temperature then reaches every path alike, which matters when two paths run the same kernel."""
+    grad = torch.randn_like(inputs[0])
+
+    def forward(fn):
+        with torch.no_grad():
+            fn(*inputs)
+
+    def forward_backward(fn):
+        torch.autograd.grad(fn(*inputs), inputs, grad)
+
+    results = {}
+    for name, fn in paths.items():
+        try:
+            for _ in range(2):  # warm up: compilation, block masks, allocator
+                forward(fn)
+                forward_backward(fn)
+            sync()
+            if device == "cuda":
+                torch.cuda.empty_cache()
+                torch.cuda.reset_peak_memory_stats()
+            forward(fn)
+            peak = torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else float("nan")
+            results[name] = ([], [], peak)
+        except torch.OutOfMemoryError:
+            results[name] = None
+    for _ in range(args.iters):
+        for name, fn in paths.items():
+            if results[name] is not None:
+                results[name][0].append(elapsed_ms(lambda: forward(fn)))
+                results[name][1].append(elapsed_ms(lambda: forward_backward(fn)))
+    median = lambda xs: sorted(xs)[len(xs) // 2]  # noqa: E731
+    return {name: r and (median(r[0]), median(r[1]), r[2]) for name, r in results.items()}
 
 
 # 1. Correctness on this device, gradients included.
@@ -112,31 +146,20 @@ for Hkv in args.heads, gqa_heads:
 
 # 2. Timings.
 print(f"\nB=1, H={args.heads}, key/value heads {kv_heads}, D={args.head_dim}, {str(dtype).replace('torch.', '')}; "
-      f"ms are medians of {args.iters}")
+      f"ms are medians of {args.iters} rounds")
 print(f"{'T':>6} {'window':>6} {'path':>10} | {'fwd ms':>8} {'fwd+bwd ms':>10} {'peak GiB':>8} | "
       f"{'fwd/flex':>8} {'f+b/flex':>8} {'mem/flex':>8} | {'causal/fwd':>10} {'causal/f+b':>10}")
 for T in map(int, args.lengths.split(",")):
     q = torch.randn(1, args.heads, T, args.head_dim, device=device, dtype=dtype, requires_grad=True)
     k = torch.randn(1, kv_heads, T, args.head_dim, device=device, dtype=dtype, requires_grad=True)
     v = torch.randn_like(k, requires_grad=True)
-    grad = torch.randn_like(q)
     gqa = kv_heads != args.heads
-    causal = measure(lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa), False)[0], \
-        measure(lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa), True)[0]
+    causal = measure({"causal": lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=True,
+                                                                               enable_gqa=gqa)}, (q, k, v))["causal"]
     print(f"{T:>6} {'full':>6} {'sdpa-causal':>10} | {causal[0]:>8.2f} {causal[1]:>10.2f}")
     for window in map(int, args.windows.split(",")):
-        results = {}
-        for impl in paths:
-            run = lambda: sliding_window_attention(q, k, v, window, impl=impl)  # noqa: E731
-            try:
-                with torch.no_grad():
-                    fwd, peak = measure(run, False)
-                fb, _ = measure(run, True)
-                results[impl] = (fwd, fb, peak)
-            except torch.OutOfMemoryError:
-                results[impl] = None
-            q.grad = k.grad = v.grad = None
-            torch.cuda.empty_cache() if device == "cuda" else None
+        results = measure({impl: functools.partial(sliding_window_attention, window=window, impl=impl)
+                           for impl in paths}, (q, k, v))
         base = results.get("flex")
         for impl, r in results.items():
             if r is None:
@@ -147,4 +170,4 @@ for T in map(int, args.lengths.split(",")):
                    else f"{'':>8} {'':>8} {'':>8}")
             print(f"{T:>6} {window:>6} {impl:>10} | {fwd:>8.2f} {fb:>10.2f} {peak:>8.2f} | {rel} | "
                   f"{causal[0] / fwd:>10.1f} {causal[1] / fb:>10.1f}")
-    del q, k, v, grad
+    del q, k, v
