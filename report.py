@@ -189,7 +189,6 @@ def gap_table(summary, windows, tasks, run_dir):
     return lines
 
 
-
 def rl_both_table(summary, windows, tasks, run_dir):
     """RL on both arms: each arm's paired RL gain, and the SA - SWA gap after SFT and after RL."""
     lines = ["| window | task | SA: SFT -> RL (%) | SA RL gain, paired | SWA: SFT -> RL (%) | SWA RL gain, paired "
@@ -202,14 +201,17 @@ def rl_both_table(summary, windows, tasks, run_dir):
     def gap(sa, swa):
         return "-" if None in (sa, swa) else f"{100 * (sa - swa):.1f}"
 
+    def arrow(before, after):
+        return f"{percent(before, None)} -> {percent(after, None)}"
+
     for w in windows:
         for t in tasks:
             sa_sft, sa_rl, sft, rl = (accuracy(summary, label, t)[0]
                                       for label in ("sa-sft", "sa-rl", f"swa{w}-sft", f"swa{w}-rl"))
-            arrow = lambda a, b: f"{percent(a, None)} -> {percent(b, None)}"  # noqa: E731
             lines.append(f"| {w} | {t} | {arrow(sa_sft, sa_rl)} | {gain('sa-sft', 'sa-rl', t)} | {arrow(sft, rl)} | "
                          f"{gain(f'swa{w}-sft', f'swa{w}-rl', t)} | {gap(sa_sft, sft)} | {gap(sa_rl, rl)} |")
     return lines
+
 
 # -- plots: a numpy canvas, a 3x5 bitmap font, a PNG encoder ------------------------------------------------
 

@@ -14,6 +14,7 @@ kernel (auto and flex at long lengths) time alike.
 import argparse
 import functools
 import os
+import statistics
 import sys
 import time
 
@@ -99,8 +100,7 @@ def measure(paths, inputs):
             if results[name] is not None:
                 results[name][0].append(elapsed_ms(lambda: forward(fn)))
                 results[name][1].append(elapsed_ms(lambda: forward_backward(fn)))
-    median = lambda xs: sorted(xs)[len(xs) // 2]  # noqa: E731
-    return {name: r and (median(r[0]), median(r[1]), r[2]) for name, r in results.items()}
+    return {name: r and (statistics.median(r[0]), statistics.median(r[1]), r[2]) for name, r in results.items()}
 
 
 # 1. Correctness on this device, gradients included.
