@@ -127,7 +127,6 @@ def test_gap(tmp_path):
     assert rows[3].startswith("| 128 | gsm8k | 80.0 ± 12.6 | 80.0 ± 12.6 | 85.0 ± 11.3 | undefined |")  # no gap
 
 
-
 def test_rl_on_both_arms(tmp_path):
     run = fabricate(tmp_path)
     report.main([str(run)])
@@ -136,6 +135,7 @@ def test_rl_on_both_arms(tmp_path):
     assert rows[1] == "| 64 | gsm8k | 80.0 -> 90.0 | +0.0 ± 0.0 | 30.0 -> 55.0 | +100.0 ± 0.0 | 50.0 | 35.0 |"
     assert rows[2] == "| 64 | svamp | - -> - | - | - -> - | - | - | - |"
     assert rows[3] == "| 128 | gsm8k | 80.0 -> 90.0 | +0.0 ± 0.0 | 80.0 -> 85.0 | +100.0 ± 0.0 | 0.0 | 5.0 |"
+
 
 def test_gap_swa_ahead_or_within_noise_is_flagged(tmp_path):
     run = fabricate(tmp_path, sa_sft=0.8, swa64_sft=0.9, swa64_rl=0.85)
