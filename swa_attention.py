@@ -51,15 +51,15 @@ def chunked_attention(q, k, v, window, sinks=0, q_offset=0, doc_ids=None):
     """Blocked sliding-window attention in plain PyTorch: O(T * window) work and memory, never a T x T matrix.
 
     Cut the queries into blocks of P. The keys a block can see form one span, from W - 1 keys before its first
-    query to its last query: L = P + W - 1 keys. So each block is a small dense attention, P queries against
-    L keys under a band mask, and the band is the same for every block, because it depends only on how far
-    a key lies from a query. SDPA takes all the blocks in one call, with one small (P, L) mask for all of
-    them, and its fused kernels never write the scores out. The spans overlap; they are views into k and v,
-    never copies.
+    query to its last query: P + W - 1 keys, rounded up here to L, a whole number of blocks (see KeySpans). So
+    each block is a small dense attention, P queries against L keys under a band mask, and the band is the same
+    for every block, because it depends only on how far a key lies from a query. SDPA takes all the blocks in
+    one call, with one small (P, L) mask for all of them, and its fused kernels never write the scores out.
+    The spans overlap; they are views into k and v, never copies.
 
-    Two blocks have shapes of their own and get an SDPA call each: the head, the first queries, whose window
-    reaches back to key 0 (their span is cut short there), and the tail, the queries left after the last
-    full block. Packed documents and sinks give every block a different mask: `_chunked_masked`.
+    Two blocks have shapes of their own and get an SDPA call each: the head, the first queries, whose span
+    would reach back past key 0 (it is cut short there), and the tail, the queries left after the last whole
+    block. Packed documents and sinks give every block a different mask: `_chunked_masked`.
     """
     B, Hq, T, D = q.shape
     Hkv, S = k.shape[1], k.shape[2]
@@ -78,19 +78,21 @@ def chunked_attention(q, k, v, window, sinks=0, q_offset=0, doc_ids=None):
     k, v = k.reshape(B * Hkv, S, D), v.reshape(B * Hkv, S, D)
 
     P = _block_size(W)
-    head = min(T, max(0, W - q_offset))  # the queries at keys 0..W-1: each sees every key before it
+    L = -(-(P + W - 1) // P) * P  # a block's span: its own P keys and the W - 1 before, in whole blocks
+    head = min(T, max(0, L - P - q_offset))  # the queries whose span would start before key 0
     n = (T - head) // P  # whole blocks after the head
     tail = T - head - n * P
+    spans = []  # per piece of the queries: (first key of its first span, blocks, block size, span)
+    for first, count, size in (0, 1, head), (head, n, P), (T - tail, 1, tail):
+        if count * size:
+            stop = q_offset + first + size  # one past the piece's first block's last query, as a key index
+            span = min(L if count > 1 else size + W - 1, stop)  # the head's span is cut at key 0
+            spans.append((stop - span, count, size, span))
+    q_pieces = q.split([count * size for _, count, size, _ in spans], dim=2)
     out = []
-    for first, count, size in (0, 1, head), (head, n, P), (T - tail, 1, tail):  # first query, blocks, block size
-        if count * size == 0:
-            continue
-        stop = q_offset + first + size  # one past the first block's last query, as a key index
-        span = min(size + W - 1, stop)  # W - 1 keys before a block's first query to its last one; cut at key 0
-        blocks = q[:, :, first:first + count * size].unflatten(2, (count, size))  # (B*Hkv, G, count, size, D)
-        # Block b's span: keys [stop - span, stop) moved on by b * size. unfold makes them a view of k and v.
-        k_span, v_span = (x[:, stop - span:stop + (count - 1) * size].unfold(1, span, size).transpose(2, 3)
-                          for x in (k, v))  # (B*Hkv, count, span, D)
+    for (_, count, size, span), blocks, k_span, v_span in zip(
+            spans, q_pieces, KeySpans.apply(k, spans), KeySpans.apply(v, spans)):
+        blocks = blocks.unflatten(2, (count, size))  # (B*Hkv, G, count, size, D); k_span: (B*Hkv, count, span, D)
         # A square block that its window covers (the head when q_offset is 0) is plain causal attention:
         # SDPA runs that with its flash kernel, which takes no mask.
         causal = span == size <= W
@@ -98,10 +100,40 @@ def chunked_attention(q, k, v, window, sinks=0, q_offset=0, doc_ids=None):
     return torch.cat([o.flatten(2, 3) for o in out], dim=2).view(B, Hq, T, D)
 
 
+class KeySpans(torch.autograd.Function):
+    """The keys each block of queries sees, as views of x (N, S, D): for every (start, count, step, span), a
+    (N, count, span, D) tensor whose row c is keys [start + c * step, start + c * step + span).
+
+    unfold makes the same views, but its backward, a generic kernel that sums the overlapping spans' gradients
+    back onto the keys, took more time than anything in the blocked path but the attention kernels. Spans of
+    whole steps add back as span / step shifted slabs instead, one strided add each, into one gradient for all
+    the pieces.
+    """
+
+    @staticmethod
+    def forward(ctx, x, spans):
+        ctx.shape, ctx.spans = x.shape, spans
+        return tuple(x[:, start:start + (count - 1) * step + span].unfold(1, span, step).transpose(2, 3)
+                     for start, count, step, span in spans)
+
+    @staticmethod
+    def backward(ctx, *grads):
+        N, S, D = ctx.shape
+        grad_x = grads[0].new_zeros(N, S, D)
+        for (start, count, step, span), grad in zip(ctx.spans, grads):
+            if count == 1:  # one span: a slice
+                grad_x[:, start:start + span] += grad[:, 0]
+                continue
+            for s in range(span // step):  # slab s: offsets [s * step, (s + 1) * step) of every span
+                keys = grad_x[:, start + s * step:start + (s + count) * step]
+                keys.view(N, count, step, D).add_(grad[:, :, s * step:(s + 1) * step])
+        return grad_x, None
+
+
 def _block_size(W):
-    # A block of P queries computes P + W - 1 scores per query where at most W are needed, so small blocks
-    # waste less work. But in the backward pass every span gets its own gradient, (P + W - 1) / P times the
-    # size of k (and of v). P = W / 2 computes 1.5x the scores needed and keeps that 3x.
+    # A block of P queries computes about P + W scores per query where at most W are needed, so small blocks
+    # waste less work. But in the backward pass every span gets its own gradient, (P + W) / P times the size
+    # of k (and of v). P = W / 2 computes 1.5x the scores needed and keeps that 3x.
     return max(1, W // 2)
 
 
@@ -231,27 +263,47 @@ def _cached_block_mask(B, T, S, window, sinks, q_offset, device):
 _last_doc_mask = None
 
 
-def _doc_block_mask(T, S, window, sinks, q_offset, doc_ids):
+# Inside a compiled block (sft.py --compile) the block mask is normally built by the block's own compiled code,
+# which is cheap. But traced into the block, a 16k x 16k mask had not finished compiling after four minutes,
+# while 4k x 4k compiles in seconds. Built outside the graph instead, the block's graph splits in two around
+# the attention, which cost 4% of an SFT step at 4k (bench/sft.py). So only masks over more query-key pairs than
+# this are built outside compiled code (once per shape, or per doc_ids tensor).
+IN_GRAPH_MASK_MAX_SCORES = 4096 * 4096
+
+
+def _block_mask(B, T, S, window, sinks, q_offset, doc_ids, device):
+    W = S if window is None else window
+    if not (torch.compiler.is_compiling() and T * S <= IN_GRAPH_MASK_MAX_SCORES):
+        return _eager_block_mask(B, T, S, W, sinks, q_offset, doc_ids, device)
+    if doc_ids is None:
+        return _cached_block_mask(B, T, S, W, sinks, q_offset, device)  # traced: the cache is bypassed
+    return _build_doc_block_mask(T, S, W, sinks, q_offset, doc_ids)
+
+
+@torch.compiler.disable
+def _eager_block_mask(B, T, S, W, sinks, q_offset, doc_ids, device):
     global _last_doc_mask
-    if torch.compiler.is_compiling():  # inside a compiled block the mask is built by compiled code: cheap
-        return _build_doc_block_mask(T, S, window, sinks, q_offset, doc_ids)
-    key = (doc_ids._version, T, S, window, sinks, q_offset)
+    if doc_ids is None:
+        return _cached_block_mask(B, T, S, W, sinks, q_offset, device)
+    key = (doc_ids._version, T, S, W, sinks, q_offset)
     if _last_doc_mask is None or _last_doc_mask[0] is not doc_ids or _last_doc_mask[1] != key:
-        _last_doc_mask = doc_ids, key, _build_doc_block_mask(T, S, window, sinks, q_offset, doc_ids)
+        _last_doc_mask = doc_ids, key, _build_doc_block_mask(T, S, W, sinks, q_offset, doc_ids)
     return _last_doc_mask[2]
 
 
-def _build_doc_block_mask(T, S, window, sinks, q_offset, doc_ids):
+def _build_doc_block_mask(T, S, W, sinks, q_offset, doc_ids):
     from torch.nn.attention.flex_attention import create_block_mask
     key_position = torch.arange(S, device=doc_ids.device) - document_starts(doc_ids)
-    W = S if window is None else window
 
     def mask_mod(b, h, q_idx, kv_idx):
         i = q_idx + q_offset
         same_doc = (doc_ids[b, i] == doc_ids[b, kv_idx]) & (doc_ids[b, kv_idx] >= 0)
         return same_doc & (kv_idx <= i) & ((i - kv_idx < W) | (key_position[b, kv_idx] < sinks))
 
-    return create_block_mask(mask_mod, doc_ids.shape[0], None, T, S, device=doc_ids.device)
+    # Outside compiled code on a GPU, the builder is compiled on its own (once per shape): eager, it would write
+    # out every B x T x S pair.
+    return create_block_mask(mask_mod, doc_ids.shape[0], None, T, S, device=doc_ids.device,
+                             _compile=doc_ids.is_cuda and not torch.compiler.is_compiling())
 
 
 def _compile(fn):
@@ -269,11 +321,7 @@ def _flex():
 
 def flex_attention(q, k, v, window, sinks=0, q_offset=0, doc_ids=None):
     T, S = q.shape[2], k.shape[2]
-    if doc_ids is None:
-        W = S if window is None else window
-        block_mask = _cached_block_mask(q.shape[0], T, S, W, sinks if window is not None else 0, q_offset, q.device)
-    else:
-        block_mask = _doc_block_mask(T, S, window, sinks if window is not None else 0, q_offset, doc_ids)
+    block_mask = _block_mask(q.shape[0], T, S, window, sinks if window is not None else 0, q_offset, doc_ids, q.device)
     if q.device.type == "cuda":
         return _flex()(q, k, v, block_mask=block_mask, enable_gqa=q.shape[1] != k.shape[1])
     # Off the GPU flex_attention runs its unfused reference path: slow, but exact (used by the tests).

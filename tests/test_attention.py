@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from swa_attention import document_starts, sliding_window_attention
+from swa_attention import KeySpans, document_starts, sliding_window_attention
 
 
 def reference(q, k, v, window, sinks, q_offset, doc_ids):
@@ -124,6 +124,25 @@ def test_chunked_strided_inputs_and_later_keys():
     args = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
     out = sliding_window_attention(*args, 4, impl="chunked", q_offset=q_offset)
     assert_same_with_gradients(out, reference(*args, 4, 0, q_offset, None), (q, k, v))
+
+
+def test_key_spans_gradient_sums_the_overlaps():
+    # Three pieces as the chunked path cuts them: a single span from key 0, overlapping spans of three blocks
+    # each, and a single span that overlaps the last of them.
+    torch.manual_seed(4)
+    x = torch.randn(2, 23, 3, dtype=torch.float64, requires_grad=True)
+    spans = [(0, 1, 4, 5), (1, 5, 3, 9), (17, 1, 2, 6)]  # (start, count, step, span)
+    views = KeySpans.apply(x, spans)
+    for view, (start, count, step, span) in zip(views, spans):
+        for c in range(count):
+            assert torch.equal(view[:, c], x[:, start + c * step:start + c * step + span])
+    weights = [torch.randn_like(view) for view in views]
+    got = torch.autograd.grad(sum((view * w).sum() for view, w in zip(views, weights)), x)[0]
+    want = torch.zeros_like(x)
+    for w, (start, count, step, span) in zip(weights, spans):
+        for c in range(count):
+            want[:, start + c * step:start + c * step + span] += w[:, c]
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
 
 
 @pytest.mark.parametrize("sinks", [0, 2])  # the blocked path, and the path with a mask per block
