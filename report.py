@@ -148,22 +148,42 @@ def table(summary, rows, tasks):
     return lines
 
 
+def verdicts(run_dir, label, task):
+    """{problem id: whether the first completion was right} from a label's per-problem records, or None."""
+    path = os.path.join(run_dir, "eval", label, f"{task}.jsonl")
+    return {r["id"]: r["correct"][0] for r in load_jsonl(path)} if os.path.exists(path) else None
+
+
+def paired_mean(diffs):
+    """Mean of per-problem differences and its standard error sqrt(sum d^2 - (sum d)^2 / n) / n."""
+    n, total = len(diffs), sum(diffs)
+    return total / n, math.sqrt(max(sum(d * d for d in diffs) - total ** 2 / n, 0.0)) / n
+
+
 def paired_gain(run_dir, before, after, task):
     """RL's gain on the problems both labels answered: (fixed - broken) / n, with the paired standard error
     sqrt(fixed + broken - (fixed - broken)^2 / n) / n, far tighter than two independent errors when most
     problems keep their verdict. Returns (gain, se, fixed, broken), or None without both sets of records."""
-    paths = [os.path.join(run_dir, "eval", label, f"{task}.jsonl") for label in (before, after)]
-    if not all(os.path.exists(p) for p in paths):
-        return None
-    old, new = ({r["id"]: r["correct"][0] for r in load_jsonl(p)} for p in paths)
-    common = old.keys() & new.keys()
+    old, new = verdicts(run_dir, before, task), verdicts(run_dir, after, task)
+    common = old.keys() & new.keys() if old is not None and new is not None else set()
     if not common:
         return None
-    n = len(common)
     fixed = sum(new[i] and not old[i] for i in common)
     broken = sum(old[i] and not new[i] for i in common)
-    se = math.sqrt(max(fixed + broken - (fixed - broken) ** 2 / n, 0.0)) / n
-    return (fixed - broken) / n, se, fixed, broken
+    return (*paired_mean([int(new[i]) - int(old[i]) for i in common]), fixed, broken)
+
+
+def paired_gap_change(run_dir, window, task):
+    """How much RL changed the SA - SWA gap (SA's RL gain minus the window's), paired over the problems all four
+    models answered: (change, standard error), or None without all four sets of records."""
+    labels = "sa-sft", "sa-rl", f"swa{window}-sft", f"swa{window}-rl"
+    sa_sft, sa_rl, swa_sft, swa_rl = (verdicts(run_dir, label, task) for label in labels)
+    if None in (sa_sft, sa_rl, swa_sft, swa_rl):
+        return None
+    common = sa_sft.keys() & sa_rl.keys() & swa_sft.keys() & swa_rl.keys()
+    if not common:
+        return None
+    return paired_mean([int(sa_rl[i]) - int(sa_sft[i]) - int(swa_rl[i]) + int(swa_sft[i]) for i in common])
 
 
 def gap_table(summary, windows, tasks, run_dir):
@@ -192,7 +212,7 @@ def gap_table(summary, windows, tasks, run_dir):
 def rl_both_table(summary, windows, tasks, run_dir):
     """RL on both arms: each arm's paired RL gain, and the SA - SWA gap after SFT and after RL."""
     lines = ["| window | task | SA: SFT -> RL (%) | SA RL gain, paired | SWA: SFT -> RL (%) | SWA RL gain, paired "
-             "| gap after SFT (points) | gap after RL (points) |", "|---" * 8 + "|"]
+             "| gap after SFT (points) | gap after RL (points) | gap change, paired (points) |", "|---" * 9 + "|"]
 
     def gain(before, after, t):
         g = paired_gain(run_dir, before, after, t)
@@ -208,8 +228,10 @@ def rl_both_table(summary, windows, tasks, run_dir):
         for t in tasks:
             sa_sft, sa_rl, sft, rl = (accuracy(summary, label, t)[0]
                                       for label in ("sa-sft", "sa-rl", f"swa{w}-sft", f"swa{w}-rl"))
+            change = paired_gap_change(run_dir, w, t)
+            change = "-" if change is None else f"{100 * change[0]:+.1f} ± {100 * change[1]:.1f}"
             lines.append(f"| {w} | {t} | {arrow(sa_sft, sa_rl)} | {gain('sa-sft', 'sa-rl', t)} | {arrow(sft, rl)} | "
-                         f"{gain(f'swa{w}-sft', f'swa{w}-rl', t)} | {gap(sa_sft, sft)} | {gap(sa_rl, rl)} |")
+                         f"{gain(f'swa{w}-sft', f'swa{w}-rl', t)} | {gap(sa_sft, sft)} | {gap(sa_rl, rl)} | {change} |")
     return lines
 
 
@@ -499,7 +521,9 @@ def build_report(run_dir):
             *gap_table(summary, windows, tasks, run_dir), ""]
     out += ["## RL on both arms", "", "The gap recovered compares SWA-RL with SA-SFT. When full attention gets the "
             "same RL, the gap left is SA-RL - SWA-RL: RL narrows it only where it gains more under the window than "
-            "under full attention. Gains are paired, as above; gaps are SA - SWA in accuracy points.", "",
+            "under full attention. Gains are paired, as above; gaps are SA - SWA in accuracy points. The gap change is "
+            "the gap after RL minus the gap after SFT (SA's RL gain minus the window's), averaged over the problems "
+            "all four models answered, ± its paired standard error; negative: RL narrowed the gap.", "",
             *rl_both_table(summary, windows, tasks, run_dir), ""]
 
     # RL curves, one per arm: SA first, then by window
