@@ -148,10 +148,15 @@ def table(summary, rows, tasks):
     return lines
 
 
-def verdicts(run_dir, label, task):
-    """{problem id: whether the first completion was right} from a label's per-problem records, or None."""
-    path = os.path.join(run_dir, "eval", label, f"{task}.jsonl")
-    return {r["id"]: r["correct"][0] for r in load_jsonl(path)} if os.path.exists(path) else None
+def shared_verdicts(run_dir, labels, task):
+    """Per label, {problem id: whether the first completion was right}, kept to the problems every label
+    answered; None when a label has no per-problem records or they share no problem."""
+    paths = [os.path.join(run_dir, "eval", label, f"{task}.jsonl") for label in labels]
+    if not all(os.path.exists(p) for p in paths):
+        return None
+    verdicts = [{r["id"]: r["correct"][0] for r in load_jsonl(p)} for p in paths]
+    common = set.intersection(*(set(v) for v in verdicts))
+    return [{i: v[i] for i in common} for v in verdicts] if common else None
 
 
 def paired_mean(diffs):
@@ -164,26 +169,23 @@ def paired_gain(run_dir, before, after, task):
     """RL's gain on the problems both labels answered: (fixed - broken) / n, with the paired standard error
     sqrt(fixed + broken - (fixed - broken)^2 / n) / n, far tighter than two independent errors when most
     problems keep their verdict. Returns (gain, se, fixed, broken), or None without both sets of records."""
-    old, new = verdicts(run_dir, before, task), verdicts(run_dir, after, task)
-    common = old.keys() & new.keys() if old is not None and new is not None else set()
-    if not common:
+    shared = shared_verdicts(run_dir, (before, after), task)
+    if shared is None:
         return None
-    fixed = sum(new[i] and not old[i] for i in common)
-    broken = sum(old[i] and not new[i] for i in common)
-    return (*paired_mean([int(new[i]) - int(old[i]) for i in common]), fixed, broken)
+    old, new = shared
+    fixed = sum(new[i] and not old[i] for i in old)
+    broken = sum(old[i] and not new[i] for i in old)
+    return (*paired_mean([int(new[i]) - int(old[i]) for i in old]), fixed, broken)
 
 
 def paired_gap_change(run_dir, window, task):
     """How much RL changed the SA - SWA gap (SA's RL gain minus the window's), paired over the problems all four
     models answered: (change, standard error), or None without all four sets of records."""
-    labels = "sa-sft", "sa-rl", f"swa{window}-sft", f"swa{window}-rl"
-    sa_sft, sa_rl, swa_sft, swa_rl = (verdicts(run_dir, label, task) for label in labels)
-    if None in (sa_sft, sa_rl, swa_sft, swa_rl):
+    shared = shared_verdicts(run_dir, ("sa-sft", "sa-rl", f"swa{window}-sft", f"swa{window}-rl"), task)
+    if shared is None:
         return None
-    common = sa_sft.keys() & sa_rl.keys() & swa_sft.keys() & swa_rl.keys()
-    if not common:
-        return None
-    return paired_mean([int(sa_rl[i]) - int(sa_sft[i]) - int(swa_rl[i]) + int(swa_sft[i]) for i in common])
+    sa_sft, sa_rl, swa_sft, swa_rl = shared
+    return paired_mean([int(sa_rl[i]) - int(sa_sft[i]) - int(swa_rl[i]) + int(swa_sft[i]) for i in sa_sft])
 
 
 def gap_table(summary, windows, tasks, run_dir):
