@@ -24,7 +24,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
-from swa_attention import document_starts, grouped_sdpa, sliding_window_attention
+from swa_attention import compile_options, document_starts, grouped_sdpa, sliding_window_attention
 
 
 @dataclass
@@ -300,6 +300,13 @@ class Transformer(nn.Module):
 
     def make_cache(self, batch, max_len):
         return Cache(self.config, batch, max_len, self.embed_tokens.weight.dtype, self.embed_tokens.weight.device)
+
+    def compile_blocks(self):
+        """torch.compile each block (sft.py and rl.py --compile). The identical blocks share one compiled graph, so
+        compiling takes seconds; a new row length recompiles rather than going symbolic. The options let
+        flex_attention inside a block take its pinned kernels (swa_attention.compile_options)."""
+        for block in self.layers:
+            block.compile(dynamic=False, options=compile_options(self.config.head_dim))
 
     def set_window(self, window, sinks=None):
         """Change the attention window of every sliding-window layer (weights are unchanged)."""

@@ -313,10 +313,7 @@ def main(argv=None):
         sampler = copy.deepcopy(model).to(torch.bfloat16).eval().requires_grad_(False)
     model.gradient_checkpointing = args.grad_ckpt
     if args.compile:
-        # Per block: the identical blocks share one compiled graph. Generation runs eagerly (below): compiled
-        # blocks would recompile for every cache shape.
-        for block in model.layers:
-            block.compile(dynamic=False)  # a new row length recompiles rather than going symbolic
+        model.compile_blocks()  # generation runs eagerly (below): compiled blocks would recompile for every cache shape
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay, betas=(0.9, 0.999),
                             fused=cuda)

@@ -394,9 +394,7 @@ def main(argv=None):
     raw_model = model
     loss_fn = None  # the model's own output head and loss
     if args.compile:
-        # Per block: the 30-odd identical blocks share one compiled graph, so compiling takes seconds, not minutes.
-        for block in model.layers:
-            block.compile(dynamic=False)  # a new row length recompiles rather than going symbolic
+        model.compile_blocks()
         loss_fn = compiled_head_loss()  # the output head and loss too: the float32 logits stay inside one kernel
     if ddp:
         model = torch.nn.parallel.DistributedDataParallel(

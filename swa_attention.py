@@ -246,15 +246,39 @@ def sdpa_attention(q, k, v, window, sinks=0, q_offset=0, doc_ids=None):
     return out * has_keys
 
 
+# flex_attention computes only the (query block, key block) tiles that its block mask marks as not empty. A window's
+# band cuts tiles on both of its edges, and smaller tiles waste less there: at window 512 a query block of 128
+# computes 640 scores per query, one of 64 computes 576. For heads of up to 64 dimensions (SmolLM2's) the masks use
+# 64 x 64 blocks and the kernels are pinned to 64 x 64 tiles, forward and backward, so that every run and card
+# runs the same kernels; that made an SFT step 2.4% faster (bench/README.md). With 128-dimension heads the same
+# tiles made the backward pass slower (64k tokens: 4.84 against 4.33 ms at window 512, 23.8 against 19.4 at
+# window 4096), so wider heads keep 128 x 128 blocks and inductor's own kernels.
+# Inductor accepts 64 x 64 backward tiles for 64-dimension heads only when it autotunes (its Hopper default there
+# is 64 x 128), so code that compiles flex_attention for such heads passes compile_options(): autotuning on, the
+# matmuls left to cuBLAS (autotuning those takes minutes). Every candidate kernel is then the pinned one; the
+# reports on them are turned off.
+SMALL_TILES_MAX_HEAD_DIM = 64
+SMALL_TILE_KERNEL_OPTIONS = {"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_M1": 64, "BLOCK_N1": 64, "BLOCK_M2": 64,
+                             "BLOCK_N2": 64, "num_warps": 4, "num_stages": 3}
+
+
+def compile_options(head_dim):
+    """torch.compile options for code that runs flex_attention on heads of head_dim dimensions (None: defaults)."""
+    if head_dim > SMALL_TILES_MAX_HEAD_DIM:
+        return None
+    return {"max_autotune": True, "max_autotune_gemm_backends": "ATEN", "autotune_num_choices_displayed": 0,
+            "max_autotune_report_choices_stats": False}
+
+
 @functools.lru_cache(maxsize=64)
-def _cached_block_mask(B, T, S, window, sinks, q_offset, device):
+def _cached_block_mask(B, T, S, window, sinks, q_offset, block, device):
     from torch.nn.attention.flex_attention import create_block_mask
 
     def mask_mod(b, h, q_idx, kv_idx):
         i = q_idx + q_offset
         return (kv_idx <= i) & ((i - kv_idx < window) | (kv_idx < sinks))
 
-    return create_block_mask(mask_mod, None, None, T, S, device=device)
+    return create_block_mask(mask_mod, None, None, T, S, device=device, BLOCK_SIZE=block)
 
 
 # Every layer of a forward pass asks for the same document mask, and building one is a pass over all B x T x S
@@ -271,27 +295,27 @@ _last_doc_mask = None
 IN_GRAPH_MASK_MAX_SCORES = 4096 * 4096
 
 
-def _block_mask(B, T, S, window, sinks, q_offset, doc_ids, device):
+def _block_mask(B, T, S, window, sinks, q_offset, doc_ids, block, device):
     W = S if window is None else window
     if not (torch.compiler.is_compiling() and T * S <= IN_GRAPH_MASK_MAX_SCORES):
-        return _eager_block_mask(B, T, S, W, sinks, q_offset, doc_ids, device)
+        return _eager_block_mask(B, T, S, W, sinks, q_offset, doc_ids, block, device)
     if doc_ids is None:
-        return _cached_block_mask(B, T, S, W, sinks, q_offset, device)  # traced: the cache is bypassed
-    return _build_doc_block_mask(T, S, W, sinks, q_offset, doc_ids)
+        return _cached_block_mask(B, T, S, W, sinks, q_offset, block, device)  # traced: the cache is bypassed
+    return _build_doc_block_mask(T, S, W, sinks, q_offset, doc_ids, block)
 
 
 @torch.compiler.disable
-def _eager_block_mask(B, T, S, W, sinks, q_offset, doc_ids, device):
+def _eager_block_mask(B, T, S, W, sinks, q_offset, doc_ids, block, device):
     global _last_doc_mask
     if doc_ids is None:
-        return _cached_block_mask(B, T, S, W, sinks, q_offset, device)
-    key = (doc_ids._version, T, S, W, sinks, q_offset)
+        return _cached_block_mask(B, T, S, W, sinks, q_offset, block, device)
+    key = (doc_ids._version, T, S, W, sinks, q_offset, block)
     if _last_doc_mask is None or _last_doc_mask[0] is not doc_ids or _last_doc_mask[1] != key:
-        _last_doc_mask = doc_ids, key, _build_doc_block_mask(T, S, W, sinks, q_offset, doc_ids)
+        _last_doc_mask = doc_ids, key, _build_doc_block_mask(T, S, W, sinks, q_offset, doc_ids, block)
     return _last_doc_mask[2]
 
 
-def _build_doc_block_mask(T, S, W, sinks, q_offset, doc_ids):
+def _build_doc_block_mask(T, S, W, sinks, q_offset, doc_ids, block):
     from torch.nn.attention.flex_attention import create_block_mask
     key_position = torch.arange(S, device=doc_ids.device) - document_starts(doc_ids)
 
@@ -302,28 +326,31 @@ def _build_doc_block_mask(T, S, W, sinks, q_offset, doc_ids):
 
     # Outside compiled code on a GPU, the builder is compiled on its own (once per shape): eager, it would write
     # out every B x T x S pair.
-    return create_block_mask(mask_mod, doc_ids.shape[0], None, T, S, device=doc_ids.device,
+    return create_block_mask(mask_mod, doc_ids.shape[0], None, T, S, device=doc_ids.device, BLOCK_SIZE=block,
                              _compile=doc_ids.is_cuda and not torch.compiler.is_compiling())
 
 
-def _compile(fn):
+def _compile(fn, options=None):
     # Every new shape (and grad mode) compiles a new kernel; past the recompile limit torch silently falls back
     # to eager, which for flex_attention means a dense T x S score matrix. Evaluation and benchmarks see many shapes.
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
-    return torch.compile(fn, dynamic=False)
+    return torch.compile(fn, dynamic=False, options=options)
 
 
 @functools.cache
-def _flex():
+def _flex(head_dim):
     from torch.nn.attention.flex_attention import flex_attention
-    return _compile(flex_attention)
+    return _compile(flex_attention, compile_options(head_dim))
 
 
 def flex_attention(q, k, v, window, sinks=0, q_offset=0, doc_ids=None):
-    T, S = q.shape[2], k.shape[2]
-    block_mask = _block_mask(q.shape[0], T, S, window, sinks if window is not None else 0, q_offset, doc_ids, q.device)
+    (B, _, T, D), S = q.shape, k.shape[2]
+    small = D <= SMALL_TILES_MAX_HEAD_DIM
+    block_mask = _block_mask(B, T, S, window, sinks if window is not None else 0, q_offset, doc_ids,
+                             64 if small else 128, q.device)
     if q.device.type == "cuda":
-        return _flex()(q, k, v, block_mask=block_mask, enable_gqa=q.shape[1] != k.shape[1])
+        return _flex(D)(q, k, v, block_mask=block_mask, enable_gqa=q.shape[1] != k.shape[1],
+                        kernel_options=SMALL_TILE_KERNEL_OPTIONS if small else None)
     # Off the GPU flex_attention runs its unfused reference path: slow, but exact (used by the tests).
     from torch.nn.attention.flex_attention import flex_attention as flex_eager
     return flex_eager(q, k, v, block_mask=block_mask, enable_gqa=q.shape[1] != k.shape[1])

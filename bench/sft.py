@@ -70,8 +70,7 @@ model = Transformer(config).init_weights(0).to(device)
 model.train()
 model.gradient_checkpointing = args.grad_checkpoint
 if args.compile:
-    for block in model.layers:
-        block.compile(dynamic=False)
+    model.compile_blocks()
 optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, betas=(0.9, 0.95), fused=device.type == "cuda")
 loss_fns = {"plain": None, "compiled": compiled_head_loss()}
 print(f"{gpu}: {model.num_params():,} parameters, torch {torch.__version__}, compile {args.compile}, "

@@ -96,6 +96,23 @@ def test_flex_forward_matches_reference(case):
     torch.testing.assert_close(out, reference(q, k, v, window, sinks, q_offset, docs), rtol=1e-9, atol=1e-9)
 
 
+@pytest.mark.parametrize("head_dim", [8, 72])  # 64 x 64 mask blocks, and 128 x 128 for heads wider than 64
+def test_flex_across_mask_blocks(head_dim):
+    # Windows, sinks and documents that start and end inside blocks of the flex block mask, against the dense path.
+    torch.manual_seed(3)
+    B, Hq, Hkv, T = 2, 4, 2, 300
+    q = torch.randn(B, Hq, T, head_dim, dtype=torch.float64)
+    k, v = torch.randn(2, B, Hkv, T, head_dim, dtype=torch.float64)
+    docs = torch.zeros(B, T, dtype=torch.long)
+    docs[0, 100:] = 1
+    docs[0, 231:] = 2
+    docs[1, :37] = -1
+    for window, sinks, doc_ids in (70, 0, None), (130, 3, None), (70, 2, docs), (None, 0, docs):
+        out = sliding_window_attention(q, k, v, window, sinks, impl="flex", doc_ids=doc_ids)
+        want = sliding_window_attention(q, k, v, window, sinks, impl="sdpa", doc_ids=doc_ids)
+        torch.testing.assert_close(out, want, rtol=1e-9, atol=1e-9)
+
+
 def test_flex_document_mask_follows_the_documents():
     # The layers of one forward pass share one document block mask; a new doc_ids tensor, or the same tensor
     # changed in place, must get a mask of its own.

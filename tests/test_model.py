@@ -58,6 +58,25 @@ def test_packed_documents_are_independent():
     torch.testing.assert_close(packed[:, 11:], model(x[:, 11:]), rtol=1e-9, atol=1e-9)
 
 
+def test_compiled_blocks_match_eager():
+    """compile_blocks (sft.py and rl.py --compile), with the compile options flex_attention needs, changes no number:
+    packed documents and a window, loss and gradients."""
+    torch.manual_seed(0)
+    model = Transformer(Config(n_layers=2, window=6, sinks=1)).init_weights(0)
+    idx, targets = torch.randint(0, 259, (2, 24)), torch.randint(0, 259, (2, 24))
+    doc_ids = torch.zeros(2, 24, dtype=torch.long)
+    doc_ids[0, 10:] = 1
+    doc_ids[1, :3] = -1
+    eager = model(idx, doc_ids=doc_ids, targets=targets)
+    eager_grads = torch.autograd.grad(eager, list(model.parameters()))
+    model.compile_blocks()
+    compiled = model(idx, doc_ids=doc_ids, targets=targets)
+    compiled_grads = torch.autograd.grad(compiled, list(model.parameters()))
+    torch.testing.assert_close(compiled, eager, rtol=1e-4, atol=1e-4)
+    for got, want in zip(compiled_grads, eager_grads):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+
+
 def test_qwen_style_options_and_rope_scaling_run():
     cfg = dict(qkv_bias=True, qk_norm=True, tie_embeddings=False, head_dim=24, window=4,
                rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
