@@ -49,7 +49,7 @@ from data.answers import find_answer, is_correct
 from data.prepare import DATA_DIR
 from evaluate import build_prompt, evaluate_task, load_task
 from model import generate, load_checkpoint, parse_window
-from sft import METRICS_FILE, STATE_FILE, save_run
+from sft import METRICS_FILE, STATE_FILE, close_distributed, save_run
 
 AGGREGATIONS = ("token", "grpo", "drgrpo")
 EVAL_TASK = {"math": "math500"}  # tasks without a test split of their own
@@ -572,7 +572,7 @@ def main(argv=None):
         print0(f"saved {out_dir}; reward {last_metrics['reward']:.3f}, accuracy {last_metrics['accuracy']:.3f}"
                + (f", eval accuracy {last_metrics['eval_accuracy']:.3f}" if "eval_accuracy" in last_metrics else ""))
     if ddp:
-        dist.destroy_process_group()
+        close_distributed()
     return last_metrics
 
 
