@@ -64,15 +64,6 @@ class Config:
         return None if layer in self.full_layers else self.window
 
 
-def parse_window(text):
-    """A --window flag (sft.py, rl.py, evaluate.py): a positive integer, or "none" for full attention (None)."""
-    if text.lower() == "none":
-        return None
-    if not (text.isascii() and text.isdigit()) or int(text) < 1:
-        raise ValueError(f"--window must be a positive integer or none, got {text!r}")
-    return int(text)
-
-
 class RMSNorm(nn.Module):
     def __init__(self, dim, eps):
         super().__init__()

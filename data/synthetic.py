@@ -87,7 +87,7 @@ def make_split(split, n, seed=0, gaps=DEFAULT_GAPS, tokenizer=None, exclude=(), 
 
 
 def main():
-    from data.prepare import DATA_DIR, write_jsonl
+    from common import DATA_DIR, write_jsonl
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n-train", type=int, default=5000, help="number of training problems")

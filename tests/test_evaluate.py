@@ -10,8 +10,9 @@ import sys
 
 import pytest
 
+import common
 import evaluate
-from data.prepare import write_jsonl
+from common import UserError, write_jsonl
 from data.synthetic import make_split
 from model import Config, Transformer, save_checkpoint
 from tokenizer import toy_tokenizer
@@ -33,9 +34,7 @@ def run_cli(tmp, *extra):
     """Run evaluate.py's main() in this process (a subprocess would pay torch's import time on every call)."""
     argv = ["evaluate.py", "--ckpt", str(tmp / "tiny"), "--tasks", "synthetic", "--data-dir", str(tmp / "data"),
             "--out-dir", str(tmp / "out"), "--max-new-tokens", "12", "--batch-size", "4", *extra]
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(sys, "argv", argv)
-        evaluate.main()
+    evaluate.main(argv[1:])
 
 
 def read_records(path):
@@ -61,7 +60,7 @@ def test_cli_end_to_end_and_resume(setup, capsys):
     run_cli(tmp)  # the remaining two problems only
     assert sorted(r["id"] for r in read_records(results)) == sorted(r["id"] for r in test)
 
-    with pytest.raises(SystemExit, match="error: .*settings"):  # other settings never mix into old results
+    with pytest.raises(UserError, match="settings"):  # other settings never mix into old results
         run_cli(tmp, "--max-new-tokens", "5")
 
 
@@ -70,16 +69,16 @@ def test_cli_window_override_few_shot_and_bad_args(setup):
     run_cli(tmp, "--window", "none", "--sinks", "0", "--few-shot", "2", "--limit", "2")
     records = read_records(tmp / "out" / "tiny-windowNone-sinks0" / "synthetic.jsonl")
     assert records[0]["settings"]["window"] is None and records[0]["prompt"].count("<|im_start|>user") == 3
-    with pytest.raises(SystemExit, match="error: --window"):
+    with pytest.raises(SystemExit):  # argparse: "argument --window: invalid window (...) value: 'abc'"
         run_cli(tmp, "--window", "abc")
-    with pytest.raises(SystemExit, match="error: .*not found"):
+    with pytest.raises(UserError, match="not found"):
         run_cli(tmp, "--tasks", "gsm8k", "--data-dir", str(tmp / "nowhere"))
 
 
 def test_evaluate_task_sampling_in_process(setup, tmp_path):
     _, model, tok, test = setup
     model.train()
-    m = evaluate.evaluate_task(model, tok, test[:2], max_new_tokens=8, batch_size=4, samples=4, temperature=1.0,
+    m = common.evaluate_task(model, tok, test[:2], max_new_tokens=8, batch_size=4, samples=4, temperature=1.0,
                                out_path=str(tmp_path / "r.jsonl"), progress=False)
     assert model.training  # training mode is restored for the caller (sft.py / rl.py)
     assert m["n_problems"] == 2 and 0.0 <= m["accuracy"] <= 1.0
@@ -96,8 +95,8 @@ def test_correct_completion_scores_one(setup, monkeypatch):
     def fake_generate(model, prompts, max_new_tokens, **kw):
         return [tok.encode(f"#### {test[0]['answer']}") + [tok.eot_id] for _ in prompts], None
 
-    monkeypatch.setattr(evaluate, "generate", fake_generate)
-    m = evaluate.evaluate_task(model, tok, test[:1], progress=False)
+    monkeypatch.setattr(common, "generate", fake_generate)
+    m = common.evaluate_task(model, tok, test[:1], progress=False)
     assert m["accuracy"] == 1.0 and m["truncated"] == 0.0
 
 
@@ -105,30 +104,40 @@ def test_correct_completion_scores_one(setup, monkeypatch):
 def test_pass_at_k(n, c, k):
     # by hand: probability that k draws without replacement include at least one correct sample
     p_all_wrong = math.prod((n - c - i) / (n - i) for i in range(k))
-    assert evaluate.pass_at_k(n, c, k) == pytest.approx(1 - p_all_wrong)
+    assert common.pass_at_k(n, c, k) == pytest.approx(1 - p_all_wrong)
 
 
 def test_pass_at_k_values():
-    assert evaluate.pass_at_k(5, 1, 1) == pytest.approx(0.2)
-    assert evaluate.pass_at_k(5, 2, 2) == pytest.approx(1 - 3 / 10)  # C(3,2)/C(5,2)
-    assert evaluate.pass_at_k(4, 1, 4) == 1.0
-    assert evaluate.pass_at_k(5, 0, 3) == 0.0
+    assert common.pass_at_k(5, 1, 1) == pytest.approx(0.2)
+    assert common.pass_at_k(5, 2, 2) == pytest.approx(1 - 3 / 10)  # C(3,2)/C(5,2)
+    assert common.pass_at_k(4, 1, 4) == 1.0
+    assert common.pass_at_k(5, 0, 3) == 0.0
 
 
 def test_partial_last_line_is_dropped(tmp_path):
     path = tmp_path / "r.jsonl"
     path.write_text('{"id": "a", "settings": {}, "correct": [true], "majority_correct": true, '
                     '"completion_tokens": [3], "finished": [true]}\n{"id": "b", "sett')
-    assert [r["id"] for r in evaluate.read_results(str(path))] == ["a"]
+    assert [r["id"] for r in common.read_results(str(path))] == ["a"]
     assert path.read_text().endswith("}\n")
 
 
-def test_load_jsonl_errors(tmp_path):
-    from data.prepare import load_jsonl
-    bad = tmp_path / "bad.jsonl"
-    bad.write_text('{"id": 1, "question": "q", "solution": "s", "answer": "1"}\n{oops\n')
-    with pytest.raises(SystemExit, match=r"bad.jsonl:2: malformed JSON"):
-        load_jsonl(bad)
-    bad.write_text('{"id": 1, "question": "q"}\n')
-    with pytest.raises(SystemExit, match=r"bad.jsonl:1: missing field\(s\) solution, answer"):
-        load_jsonl(bad)
+def test_read_jsonl_errors(tmp_path):
+    bad = str(tmp_path / "bad.jsonl")
+    fields = {"id": (str, int), "question": str, "answer": (str, int, float)}
+    with open(bad, "w") as f:
+        f.write('{"id": 1, "question": "q", "solution": "s", "answer": "1"}\n{oops\n')
+    with pytest.raises(UserError, match=r"bad.jsonl:2: malformed JSON"):
+        common.read_jsonl(bad, fields)
+    with open(bad, "w") as f:
+        f.write('{"id": 1, "question": "q"}\n')
+    with pytest.raises(UserError, match=r"bad.jsonl:1: missing field 'answer'"):
+        common.read_jsonl(bad, fields)
+    with open(bad, "w") as f:
+        f.write('{"id": 1, "question": null, "answer": "2"}\n')
+    with pytest.raises(UserError, match=r"bad.jsonl:1: field 'question' must be a string, not NoneType"):
+        common.read_jsonl(bad, fields)
+    with open(bad, "wb") as f:
+        f.write(b'{"id": 1, "question": "q", "answer": "2"}\n{"id": "\xff"}\n')
+    with pytest.raises(UserError, match=r"bad.jsonl:2: not UTF-8"):
+        common.read_jsonl(bad, fields)

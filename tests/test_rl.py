@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import load_file
 
 import rl
-from data.prepare import write_jsonl
+from common import UserError, build_prompt, write_jsonl
 from model import Config, Transformer, save_checkpoint
 from tokenizer import toy_tokenizer
 
@@ -91,15 +91,12 @@ def test_make_batch_layout():
 # The task: every answer is the digit 7. A toy byte model is first taught (a few SFT steps) to answer with one
 # uniformly random digit, so RL starts at about 10% reward with plenty of informative groups, and has only
 # to move probability onto one token: a clear, seed-stable rise within a few dozen steps.
-# Prompts are the bare chat turn without evaluate.py's long instruction, which would only make the test slow.
-
-def short_prompt(tokenizer, question, shots=()):
-    return tokenizer.encode_chat([{"role": "user", "content": question}], add_generation_prompt=True)[0]
-
+# The problems carry an empty instruction: the bare question, without the long default one, which would only
+# make the test slow.
 
 def toy_problems(n, answer="7"):
-    return [{"id": f"toy-{i}", "question": f"P{i:02d}: digit?", "solution": answer, "answer": answer}
-            for i in range(n)]
+    return [{"id": f"toy-{i}", "question": f"P{i:02d}: digit?", "solution": answer, "answer": answer,
+             "instruction": ""} for i in range(n)]
 
 
 @pytest.fixture(scope="module")
@@ -115,7 +112,7 @@ def toy(tmp_path_factory):
     for _ in range(25):  # SFT to "one random digit, then end of turn"
         rows, masks = [], []
         for p in problems[:16]:
-            prompt = short_prompt(tok, p["question"])
+            prompt = build_prompt(tok, p)
             digit = str(int(torch.randint(0, 10, (1,), generator=g)))
             rows.append(prompt + tok.encode(digit) + [tok.eot_id])
             masks.append([False] * (len(prompt) - 1) + [True, True])
@@ -130,11 +127,6 @@ def toy(tmp_path_factory):
     write_jsonl(str(root / "data" / "toy" / "test.jsonl"), toy_problems(8))
     write_jsonl(str(root / "data" / "never" / "train.jsonl"), toy_problems(32, answer="123456789"))
     return root
-
-
-@pytest.fixture(autouse=True)
-def fast_prompts(monkeypatch):
-    monkeypatch.setattr(rl, "build_prompt", short_prompt)
 
 
 def run(toy, name, *extra):
@@ -198,7 +190,7 @@ def test_resume_continues_exactly(toy):
 def test_bad_input_is_one_line(toy):
     with pytest.raises(SystemExit, match="error: --group-size"):
         run(toy, "bad", "--task", "toy", "--group-size", "1")
-    with pytest.raises(SystemExit, match="error: .*not found"):
+    with pytest.raises(UserError, match="not found"):
         run(toy, "bad", "--task", "nope")
     with pytest.raises(ValueError, match="does not exist"):
         rl.main(["--ckpt", str(toy / "missing"), "--task", "toy", "--data-dir", str(toy / "data"), "--eval-every", "0"])

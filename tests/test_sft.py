@@ -228,8 +228,7 @@ def test_gsm8k_rows_with_accuracy_check(setup, tmp_path):
                       "--eval-limit", "1", "--eval-max-new-tokens", "2"))
     train_losses, rows = losses(tmp_path / "out")
     assert len(train_losses) == 1 and "val_loss" in rows[-1]
-    if sft.evaluate_task is not None:
-        assert rows[-1]["eval_accuracy"] == 0.0
+    assert rows[-1]["eval_accuracy"] == 0.0
 
 
 def test_two_processes_match_one(setup, tmp_path):

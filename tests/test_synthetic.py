@@ -9,7 +9,7 @@ import subprocess
 import sys
 
 from data.answers import is_correct
-from data.prepare import load_jsonl
+from common import read_jsonl as load_jsonl
 from data.synthetic import make_split
 from tokenizer import toy_tokenizer
 
