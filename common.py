@@ -28,8 +28,9 @@ METRICS_FILE = "metrics.jsonl"  # one JSON line per step of a training run
 # ----------------------------------------------------------------------------------------------------------
 # Errors: bad input ends a script with one line, never a traceback.
 
-class UserError(Exception):
-    """Something the user can fix: a wrong path, a bad flag, a malformed file. Reported as one line."""
+class UserError(ValueError):
+    """Something the user can fix: a wrong path, a bad flag, a malformed file. Reported as one line. A ValueError,
+    as bad values are."""
 
 
 def fail(message):
@@ -94,7 +95,7 @@ def parse_window(text):
     if text.lower() == "none":
         return None
     if not (text.isascii() and text.isdigit()) or int(text) < 1:
-        raise ValueError(f"--window must be a positive integer or none, got {text!r}")
+        fail(f"--window must be a positive integer or none, got {text!r}")
     return int(text)
 
 
@@ -206,6 +207,16 @@ def save_run(out, model, tokenizer, meta, state, history):
     save_checkpoint(out, model, tokenizer, meta,
                     extra_files={STATE_FILE: lambda path: torch.save(state, path),
                                  METRICS_FILE: lambda path: write_jsonl(path, history)})
+
+
+def load_state(path):
+    """A trainer_state.pt, read as data only (weights_only: a crafted file cannot run code); a file that is not
+    one is a UserError naming it."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 -- unpickling, truncation and format errors all mean "not a trainer state"
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        fail(f"{path} is not a readable trainer state ({reason[:200]})")
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -45,10 +45,10 @@ case "$preset" in
     : "${SFT_ARGS=--epochs 2 --lr 1e-4 --warmup-steps 10 --seq-len 2048 --batch-size 16 --save-every 50}"
     # On an H200: an SFT ~1 minute, an RL step ~15 s, an evaluation on the three benchmarks ~45 s.
     : "${RL_ARGS=--steps 30 --prompts-per-step 64 --group-size 8 --max-new-tokens 384 --gen-batch 512
-                  --micro-batch 32 --lr 5e-6 --warmup-steps 3 --eval-every 10 --eval-limit 256 --save-every 5}"
+                  --batch-size 32 --lr 5e-6 --warmup-steps 3 --eval-every 10 --eval-limit 256 --save-every 5}"
     : "${SYN_SFT_ARGS=--steps 60 --lr 1e-4 --warmup-steps 5 --seq-len 2048 --batch-size 16}"
     : "${SYN_RL_ARGS=--steps 15 --prompts-per-step 64 --group-size 8 --max-new-tokens 96 --gen-batch 512
-                      --micro-batch 64 --lr 5e-6 --warmup-steps 2 --eval-every 5 --eval-limit 128 --save-every 5}"
+                      --batch-size 64 --lr 5e-6 --warmup-steps 2 --eval-every 5 --eval-limit 128 --save-every 5}"
     : "${EVAL_ARGS=--max-new-tokens 384 --batch-size 1024}"
     ;;
   *)

@@ -30,7 +30,6 @@ import json
 import math
 import os
 import random
-import sys
 import time
 from contextlib import nullcontext
 
@@ -38,8 +37,8 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from common import (STATE_FILE, METRICS_FILE, chat, close_distributed, evaluate_task, parse_window, print0,
-                    save_run)
+from common import (METRICS_FILE, STATE_FILE, UserError, chat, close_distributed, evaluate_task, fail, load_state,
+                    parse_window, print0, run_main, save_run)
 from model import head_loss, load_checkpoint
 
 DEFAULT_CKPT = "ckpt/smollm2-sa"
@@ -57,10 +56,10 @@ def to_messages(row):
             isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
             for m in messages)
         if not ok:
-            raise ValueError("\"messages\" must be a non-empty list of {\"role\": str, \"content\": str}")
+            fail("\"messages\" must be a non-empty list of {\"role\": str, \"content\": str}")
         return messages
     if not (isinstance(row.get("question"), str) and isinstance(row.get("solution"), str)):
-        raise ValueError("expected string fields \"question\" and \"solution\", or a \"messages\" list")
+        fail("expected string fields \"question\" and \"solution\", or a \"messages\" list")
     solution = row["solution"].rstrip()
     if "####" not in solution and row.get("answer") is not None:
         solution += f"\n#### {row['answer']}"  # always end on the answer line evaluate.py extracts first
@@ -70,7 +69,7 @@ def to_messages(row):
 def load_rows(path):
     if not os.path.isfile(path):
         hint = "; make it with: python -m data.prepare" if path == DEFAULT_DATA else ""
-        raise ValueError(f"data file {path} not found{hint}")
+        fail(f"data file {path} not found{hint}")
     rows = []
     with open(path, encoding="utf-8") as f:
         for lineno, line in enumerate(f, 1):
@@ -79,13 +78,13 @@ def load_rows(path):
             try:
                 row = json.loads(line)
                 if not isinstance(row, dict):
-                    raise ValueError("expected a JSON object")
+                    fail("expected a JSON object")
                 to_messages(row)
             except ValueError as e:  # json.JSONDecodeError is a ValueError too
-                raise ValueError(f"{path}:{lineno}: {e.msg if isinstance(e, json.JSONDecodeError) else e}") from None
+                raise UserError(f"{path}:{lineno}: {e.msg if isinstance(e, json.JSONDecodeError) else e}") from None
             rows.append(row)
     if not rows:
-        raise ValueError(f"data file {path} has no examples")
+        fail(f"data file {path} has no examples")
     return rows
 
 
@@ -274,10 +273,10 @@ def main(argv=None):
 
     window = None if args.window is None else parse_window(args.window)
     if args.sinks is not None and args.sinks < 0:
-        raise ValueError(f"--sinks must be >= 0, got {args.sinks}")
+        fail(f"--sinks must be >= 0, got {args.sinks}")
     for name in ("seq_len", "batch_size", "grad_accum"):
         if getattr(args, name) < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be >= 1")
+            fail(f"--{name.replace('_', '-')} must be >= 1")
 
     # Distributed: torchrun sets RANK/WORLD_SIZE/LOCAL_RANK; without them this is a single-process run.
     ddp = "RANK" in os.environ and "WORLD_SIZE" in os.environ
@@ -295,12 +294,12 @@ def main(argv=None):
     # Model: the checkpoint's weights under the requested window. With --resume, the weights come from --out.
     if args.resume and args.out:
         if not os.path.isfile(os.path.join(args.out, STATE_FILE)):
-            raise ValueError(f"nothing to resume: {args.out} has no {STATE_FILE} (run without --resume to start)")
+            fail(f"nothing to resume: {args.out} has no {STATE_FILE} (run without --resume to start)")
         source = args.out
     elif os.path.isdir(args.ckpt):
         source = args.ckpt
     else:
-        raise ValueError(f"checkpoint {args.ckpt} not found; make it with: "
+        fail(f"checkpoint {args.ckpt} not found; make it with: "
                          f"python convert.py --src smollm2-135m-instruct --out {args.ckpt} --window none")
     model, tokenizer, meta = load_checkpoint(source, device="cpu")
     model.set_window(window if args.window is not None else model.config.window, args.sinks)
@@ -310,14 +309,14 @@ def main(argv=None):
     state = None
     if args.resume:
         if not os.path.isfile(os.path.join(out, STATE_FILE)):
-            raise ValueError(f"nothing to resume: {out} has no {STATE_FILE} (run without --resume to start)")
+            fail(f"nothing to resume: {out} has no {STATE_FILE} (run without --resume to start)")
         if source != out:
             model, tokenizer, meta = load_checkpoint(out, device="cpu")
             model.set_window(W, sinks)
-        state = torch.load(os.path.join(out, STATE_FILE), map_location="cpu")
+        state = load_state(os.path.join(out, STATE_FILE))
         parent = meta.get("parent", parent)
     elif os.path.isfile(os.path.join(out, "meta.json")):
-        raise ValueError(f"{out} already holds a checkpoint; pass --resume to continue it or choose another --out")
+        fail(f"{out} already holds a checkpoint; pass --resume to continue it or choose another --out")
     model.to(device)
     model.train()
     model.gradient_checkpointing = args.grad_checkpoint
@@ -336,7 +335,7 @@ def main(argv=None):
     rows_per_step = args.batch_size * args.grad_accum * world
     steps_per_epoch = sum(1 for _ in step_batches(train, args.seq_len, rows_per_step, args.seed, 0))
     if steps_per_epoch == 0:
-        raise ValueError(f"{len(train)} training examples fill fewer than the {rows_per_step} rows of one step; "
+        fail(f"{len(train)} training examples fill fewer than the {rows_per_step} rows of one step; "
                          "lower --batch-size, --grad-accum or --seq-len")
     total_steps = args.steps or max(1, round(args.epochs * steps_per_epoch))
     # Quick accuracy check on held-out problems that carry a reference answer.
@@ -468,7 +467,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except ValueError as e:
-        sys.exit(f"error: {e}")
+    run_main(main)

@@ -6,6 +6,7 @@ Tests of rl.py: the loss math by hand, and whole RL runs of a toy byte-level mod
 import json
 import math
 import os
+import shutil
 
 import pytest
 import torch
@@ -55,7 +56,8 @@ def test_clipped_loss_and_aggregations_by_hand():
     per_token = [-1.28, -0.9, -1.0, 1.6]
     loss, stats = rl.policy_loss(lp, old, adv, mask, 0.2, 0.28, "token")
     assert loss.item() == pytest.approx(sum(per_token) / 4)
-    assert stats["clipped"] == 2
+    assert stats["clipped_high"] == 1 and stats["clipped_low"] == 1  # r=1.5 with A>0; r=0.5 with A<0
+    assert stats["ratio"] == pytest.approx(1.5 + 0.9 + 1 + 0.5) and stats["ratio_max"] == pytest.approx(1.5)
     loss, _ = rl.policy_loss(lp, old, adv, mask, 0.2, 0.28, "grpo")
     assert loss.item() == pytest.approx((sum(per_token[:3]) / 3 + per_token[3]) / 2)
     loss, _ = rl.policy_loss(lp, old, adv, mask, 0.2, 0.28, "drgrpo", max_len=10)
@@ -78,6 +80,81 @@ def test_kl_k3():
                                  ref_logprobs=torch.tensor([[math.log(0.5), 0.0]]), kl_beta=0.1)
     assert loss.item() == pytest.approx(0.1 * (0.5 - math.log(0.5) - 1) / 2)
     assert stats["kl"] == pytest.approx(0.5 - math.log(0.5) - 1)
+
+
+def test_kl_k3_is_clamped_for_rare_tokens():
+    # a token the policy finds likely but the reference finds nearly impossible (or the reverse): the log-ratio
+    # is clamped to [-20, 20] and the term to 10, so the loss stays finite and small enough to train on
+    lp = torch.tensor([0.0, -80.0, -1.0])
+    ref = torch.tensor([-80.0, 0.0, -1.0])
+    # d = ref - lp = -80 -> -20: exp(-20) + 20 - 1 = 19 -> 10; d = 80 -> 20: exp(20) - 21 -> 10; d = 0 -> 0
+    assert rl.kl_k3(lp, ref).tolist() == pytest.approx([10.0, 10.0, 0.0])
+    assert rl.kl_k3(torch.tensor([-1.0]), torch.tensor([-3.0])).item() == pytest.approx(math.exp(-2) + 2 - 1)
+
+
+def test_truncated_importance_weights_by_hand():
+    # injected mismatch: the sampler gave these tokens log-probs 1 nat lower / higher / equal / 3 nats lower
+    old = torch.tensor([[-1.0, -1.0, -2.0, -0.5]])
+    sampler = torch.tensor([[-2.0, 0.0, -2.0, -3.5]])
+    weights, truncated = rl.truncated_is_weights(old, sampler, cap=2.0)
+    assert weights[0].tolist() == pytest.approx([2.0, math.exp(-1), 1.0, 2.0])  # e^1 = 2.72 and e^3 capped at 2
+    assert truncated.tolist() == [[True, False, False, True]]
+
+
+def test_importance_weights_scale_each_tokens_loss():
+    # the loss must weight tokens as the formula says: -w_t * min(r_t A, clip(r_t) A), token-mean
+    lp = torch.tensor([[math.log(1.1), math.log(0.7), 0.0]], requires_grad=True)
+    old = torch.zeros(1, 3)
+    weights = torch.tensor([[2.0, 0.5, 1.0]])
+    mask = torch.ones(1, 3, dtype=torch.bool)
+    loss, _ = rl.policy_loss(lp, old, torch.tensor([1.0]), mask, 0.2, 0.28, "token", is_weights=weights)
+    # r = 1.1, 0.7, 1 with A = +1: none is clipped above (r < 1.28); r = 0.7 < 0.8 only binds for A < 0
+    assert loss.item() == pytest.approx(-(2.0 * 1.1 + 0.5 * 0.7 + 1.0 * 1.0) / 3)
+    loss.backward()
+    assert lp.grad[0].tolist() == pytest.approx([-2.0 * 1.1 / 3, -0.5 * 0.7 / 3, -1.0 / 3])  # d(-w r A)/d lp
+
+
+def test_algo_presets_and_overrides():
+    base = ["--ckpt", "x"]
+    args = rl.parse_args(base + ["--algo", "grpo"])
+    assert (args.scale_std, args.aggregation, args.clip_low, args.clip_high, args.kl_beta, args.dynamic_sampling,
+            args.overlong_cache) == (True, "grpo", 0.2, 0.2, 0.04, False, 0)
+    args = rl.parse_args(base + ["--algo", "dapo", "--max-new-tokens", "100"])
+    assert (args.scale_std, args.aggregation, args.clip_high, args.kl_beta, args.dynamic_sampling,
+            args.overlong_cache) == (True, "token", 0.28, 0.0, True, 20)
+    args = rl.parse_args(base + ["--algo", "drgrpo"])
+    assert (args.scale_std, args.aggregation, args.clip_high, args.dynamic_sampling) == (False, "drgrpo", 0.2, False)
+    # explicit flags win over the preset, both ways
+    args = rl.parse_args(base + ["--algo", "grpo", "--clip-high", "0.3", "--no-scale-std", "--kl-beta", "0",
+                                 "--dynamic-sampling", "--overlong-cache", "5"])
+    assert (args.clip_high, args.scale_std, args.kl_beta, args.dynamic_sampling, args.overlong_cache) == \
+        (0.3, False, 0.0, True, 5)
+    settings = rl.algorithm_settings(args)
+    assert settings["algo"] == "grpo" and settings["clip_high"] == 0.3 and settings["scale_std"] is False
+    assert rl.parse_args(base + ["--old-logprobs", "sampler"]).tis_cap == 0  # nothing left to correct
+
+
+def test_rewards_task_random_format():
+    args = rl.parse_args(["--ckpt", "x", "--max-new-tokens", "10", "--overlong-cache", "0"])
+    coin = __import__("random").Random(0)
+    assert rl.reward_of("so #### 7", True, 3, "7", args, coin) == (1.0, True)
+    assert rl.reward_of("so #### 8", True, 3, "7", args, coin) == (0.0, False)
+    args.reward = "format"
+    assert rl.reward_of("so #### 8", True, 3, "7", args, coin) == (1.0, False)  # explicit answer, wrong
+    assert rl.reward_of("I think 7", True, 3, "7", args, coin) == (0.0, True)  # right, but only the last number
+    args.reward = "random"
+    draws = [rl.reward_of("#### 7", True, 3, "7", args, coin) for _ in range(2000)]
+    assert all(ok for _, ok in draws)  # the verdict is still the task's
+    assert {r for r, _ in draws} == {0.0, 1.0} and abs(sum(r for r, _ in draws) / 2000 - 0.5) < 0.05
+    again = __import__("random").Random(0)
+    args.reward = "task"
+    rl.reward_of("#### 7", True, 3, "7", args, again)  # the task reward draws no coin ...
+    args.reward = "random"
+    assert [rl.reward_of("#### 7", True, 3, "7", args, again)[0] for _ in range(5)] == \
+        [r for r, _ in draws[:5]]  # ... so the coin sequence depends on the seed alone
+    args.reward, args.format_reward, args.overlong_cache = "task", 0.5, 4
+    assert rl.reward_of("#### 7", True, 3, "7", args, coin)[0] == pytest.approx(1.5)
+    assert rl.reward_of("#### 7", False, 10, "7", args, coin)[0] == pytest.approx(-1.0 + 1.0)  # unfinished: no bonus
 
 
 def test_make_batch_layout():
@@ -132,7 +209,7 @@ def toy(tmp_path_factory):
 def run(toy, name, *extra):
     args = ["--ckpt", str(toy / "sft"), "--data-dir", str(toy / "data"), "--out", str(toy / name),
             "--device", "cpu", "--no-progress", "--prompts-per-step", "8",
-            "--group-size", "8", "--max-new-tokens", "3", "--micro-batch", "64", "--warmup-steps", "1",
+            "--group-size", "8", "--max-new-tokens", "3", "--batch-size", "64", "--warmup-steps", "1",
             "--eval-every", "0", *extra]
     rl.main(args)
     with open(toy / name / "metrics.jsonl") as f:
@@ -140,23 +217,53 @@ def run(toy, name, *extra):
 
 
 def test_reward_rises(toy):
-    log = run(toy, "rise", "--task", "toy", "--steps", "20", "--lr", "2e-3", "--seed", "0")
+    log = run(toy, "rise", "--task", "toy", "--steps", "20", "--lr", "2e-3", "--seed", "0", "--minibatches", "1")
     start = sum(m["accuracy"] for m in log[:3]) / 3
     end = sum(m["accuracy"] for m in log[-3:]) / 3
     assert start < 0.3, start
     assert end > start + 0.4, (start, end)
     assert all(m["logprob_diff_max"] < 1e-3 for m in log)  # generation and training compute the same model
     assert all(m["clip_frac"] == 0 for m in log)  # one on-policy update per batch: the ratio is exactly 1
+    assert all(m["is_truncated"] == 0 and m["is_weight_mean"] == pytest.approx(1, abs=1e-3) for m in log)
+    assert all(m["gen_s"] > 0 and m["train_s"] > 0 and m["step_s"] >= m["gen_s"] for m in log)
+
+
+def test_several_minibatches_make_the_clip_act(toy):
+    # the default: 4 optimizer steps per rollout batch, so later minibatches see a moved policy
+    log = run(toy, "minibatches", "--task", "toy", "--steps", "4", "--lr", "5e-3", "--seed", "0")
+    assert all(m["updates"] == 4 for m in log if not m["skipped"])
+    assert any(m["clip_frac_high"] > 0 for m in log) and any(m["ratio_max"] > 1.28 for m in log)
+    assert all(m["clip_frac"] == pytest.approx(m["clip_frac_low"] + m["clip_frac_high"]) for m in log)
+
+
+def test_sampler_mismatch_is_corrected(toy, monkeypatch):
+    # inject a mismatch: the sampler reports every token's log-prob 1 nat lower than the model computes, so
+    # pi_old / pi_sampler = e (2.72) everywhere: the weights are all truncated at the cap ...
+    def lower(*a, **k):
+        tokens, logprobs = rl_generate(*a, **k)
+        return tokens, [[lp - 1.0 for lp in row] for row in logprobs]
+    rl_generate = rl.generate
+    monkeypatch.setattr(rl, "generate", lower)
+    log = run(toy, "mismatch", "--task", "toy", "--steps", "2", "--lr", "1e-3", "--tis-cap", "2")
+    assert all(m["logprob_diff_mean"] == pytest.approx(1.0, abs=1e-3) for m in log)
+    assert all(m["is_truncated"] == 1.0 and m["is_weight_mean"] == pytest.approx(2.0) for m in log)
+    # ... and with the sampler as pi_old, the ratio starts at e: every positive-advantage token is clipped above
+    log = run(toy, "mismatch-sampler", "--task", "toy", "--steps", "1", "--lr", "1e-3", "--old-logprobs", "sampler",
+              "--minibatches", "1")
+    assert log[0]["ratio_mean"] == pytest.approx(math.e, rel=1e-3) and log[0]["logprob_diff_mean"] is None
+    assert log[0]["clip_frac_high"] > 0.3 and log[0]["clip_frac_low"] == 0
 
 
 def test_reward_rises_with_ppo_epochs_and_kl(toy):
     log = run(toy, "ppo", "--task", "toy", "--steps", "4", "--lr", "2e-3", "--ppo-epochs", "2", "--minibatches",
-              "2", "--kl-beta", "0.01", "--aggregation", "grpo", "--scale-std", "--no-dynamic-sampling",
-              "--eval-every", "2")
+              "2", "--kl-beta", "0.01", "--algo", "grpo", "--eval-every", "2")
     assert any(m["clip_frac"] > 0 for m in log)  # reused batches move the ratio and get clipped
     assert all(m["updates"] == 4 for m in log if not m["skipped"])
-    assert "eval_accuracy" in log[1] and "eval_accuracy" not in log[0]
+    assert "eval_accuracy" in log[1] and "eval_accuracy" not in log[0] and log[1]["eval_s"] > 0
     assert log[0]["kl"] > 0 and log[0]["kl"] < 1
+    with open(toy / "ppo" / "meta.json") as f:
+        algorithm = json.load(f)["algorithm"]
+    assert algorithm["algo"] == "grpo" and algorithm["kl_beta"] == 0.01 and algorithm["aggregation"] == "grpo"
 
 
 def state(path):
@@ -167,7 +274,7 @@ def state(path):
 def test_all_equal_rewards_change_nothing(toy, dynamic):
     # the answer has more digits than fit in 3 tokens: every reward is 0, with or without dynamic sampling
     log = run(toy, f"never{dynamic}", "--task", "never", "--steps", "2", "--lr", "1e-2", "--weight-decay", "0.1",
-              dynamic)
+              "--overlong-cache", "0", dynamic)
     assert all(m["skipped"] and m["updates"] == 0 and m["reward"] == 0 for m in log)
     assert log[0]["groups_kept"] == (0 if dynamic == "--dynamic-sampling" else 8)
     before, after = state(toy / "sft"), state(toy / f"never{dynamic}")
@@ -188,9 +295,42 @@ def test_resume_continues_exactly(toy):
 
 
 def test_bad_input_is_one_line(toy):
-    with pytest.raises(SystemExit, match="error: --group-size"):
+    with pytest.raises(UserError, match="--group-size"):
         run(toy, "bad", "--task", "toy", "--group-size", "1")
     with pytest.raises(UserError, match="not found"):
         run(toy, "bad", "--task", "nope")
     with pytest.raises(ValueError, match="does not exist"):
         rl.main(["--ckpt", str(toy / "missing"), "--task", "toy", "--data-dir", str(toy / "data"), "--eval-every", "0"])
+
+
+def test_never_overwrites_a_checkpoint(toy):
+    before = state(toy / "sft")
+    with pytest.raises(UserError, match="starting checkpoint"):  # --out == --ckpt would destroy the start model
+        rl.main(["--ckpt", str(toy / "sft"), "--out", str(toy / "sft" / "."), "--task", "toy", "--data-dir",
+                 str(toy / "data"), "--eval-every", "0", "--device", "cpu"])
+    run(toy, "once", "--task", "toy", "--steps", "1")
+    with open(toy / "once" / "metrics.jsonl") as f:
+        logged = f.read()
+    with pytest.raises(UserError, match="already holds a checkpoint"):  # a finished run, without --resume
+        run(toy, "once", "--task", "toy", "--steps", "1")
+    shutil.copytree(toy / "sft", toy / "other-sft")
+    with pytest.raises(UserError, match="already holds a checkpoint"):  # an SFT checkpoint as --out
+        run(toy, "other-sft", "--task", "toy", "--steps", "1")
+    with open(toy / "once" / "metrics.jsonl") as f:
+        assert f.read() == logged
+    after = state(toy / "sft")
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_trainer_state_is_read_as_data_only(toy, tmp_path):
+    # a crafted trainer_state.pt whose unpickling would run a command: refused with one line, nothing runs
+    run(toy, "crafted", "--task", "toy", "--steps", "1")
+    marker = tmp_path / "ran"
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+    torch.save({"step": 1, "payload": Payload()}, toy / "crafted" / "trainer_state.pt")
+    with pytest.raises(UserError, match="trainer_state.pt is not a readable trainer state"):
+        run(toy, "crafted", "--task", "toy", "--steps", "2", "--resume")
+    assert not marker.exists()
