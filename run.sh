@@ -99,7 +99,7 @@ experiment() {
   # each SWA window (the cost of the window without training under it)
   for w in none $windows $BASE_WINDOWS; do stage "$task-eval-base-$w" $ev --ckpt "$dir/base" --window "$w"; done
   for w in $windows; do stage "$task-eval-sa-sft-$w" $ev --ckpt "$dir/sa-sft" --window "$w"; done
-  python report.py "$dir"
+  python analysis/report.py "$dir"
 }
 
 if [ "$preset" = tiny ]; then

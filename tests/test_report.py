@@ -1,20 +1,24 @@
 """
-Tests for report.py on fabricated runs in a temporary directory (base/, sa-*, swa64-*, swa128-*, eval/): the
-table's rows and cells, the gap recovered by RL including the undefined case, that every plot is a valid,
-non-blank PNG drawn with characters the font has, and the trajectory numbers on a hand-made completion.
+Tests for analysis/report.py on fabricated runs in a temporary directory (base/, sa-*, swa64-*, swa128-*, eval/):
+the table's rows and cells, the gap recovered by RL including the undefined case, what each plot shows and that
+it is a PNG matplotlib reads back, the report without matplotlib, and the trajectory numbers on a hand-made
+completion.
 
     python -m pytest -q tests/test_report.py
 """
 
+import builtins
 import json
 import math
-import struct
-import zlib
+import os
 
+import matplotlib.colors
+import matplotlib.image
 import numpy as np
 import pytest
 
-import report
+from analysis import report
+from common import UserError
 from tokenizer import toy_tokenizer
 
 # a question with the numbers 12 and 7; the instruction's 42 is not a question number
@@ -190,63 +194,74 @@ def test_gap_recovered(args, expected):
     assert got == pytest.approx(expected) if expected is not None else got is None
 
 
-def read_png(path):
-    """Decode a PNG as report.write_png writes it (8-bit RGB, filter 0), checking every chunk's CRC."""
-    data = path.read_bytes()
-    assert data[:8] == b"\x89PNG\r\n\x1a\n"
-    chunks, pos = [], 8
-    while pos < len(data):
-        (n,) = struct.unpack(">I", data[pos:pos + 4])
-        kind, body = data[pos + 4:pos + 8], data[pos + 8:pos + 8 + n]
-        assert struct.unpack(">I", data[pos + 8 + n:pos + 12 + n])[0] == zlib.crc32(kind + body)
-        chunks.append((kind, body))
-        pos += 12 + n
-    assert chunks[0][0] == b"IHDR" and chunks[-1] == (b"IEND", b"")
-    width, height, depth, color_type, *_ = struct.unpack(">IIBBBBB", chunks[0][1])
-    assert (depth, color_type) == (8, 2)
-    raw = zlib.decompress(b"".join(body for kind, body in chunks if kind == b"IDAT"))
-    assert len(raw) == height * (1 + 3 * width)
-    rows = np.frombuffer(raw, np.uint8).reshape(height, 1 + 3 * width)
-    assert (rows[:, 0] == 0).all()
-    return rows[:, 1:].reshape(height, width, 3)
+def png_image(path):
+    """A plot as matplotlib reads it back: (height, width, RGBA) floats in [0, 1]."""
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    img = matplotlib.image.imread(path)
+    assert img.shape == (540, 960, 4)  # 8 x 4.5 inches at 120 dpi
+    return img
 
 
-def test_plots(tmp_path):
+def has_color(img, color):
+    """Whether some pixel is exactly this colour (a marker's inside is; edges are blended with the background)."""
+    return bool(np.isclose(img[..., :3], matplotlib.colors.to_rgb(color), atol=0.5 / 255).all(-1).any())
+
+
+def test_plots(tmp_path, monkeypatch):
     run = fabricate(tmp_path)
+    drawn, line_plot = {}, report.line_plot
+
+    def recorded(path, title, series, *args, **kwargs):
+        drawn[os.path.basename(path)] = {name: sorted(points) for name, points in series.items()}
+        line_plot(path, title, series, *args, **kwargs)
+
+    monkeypatch.setattr(report, "line_plot", recorded)
     report.main([str(run)])
     text = (run / "REPORT.md").read_text()
-    n_series = {"rl_reward.png": 3, "rl_accuracy.png": 3, "rl_length.png": 3, "accuracy_vs_window.png": 5}
-    for name, n in n_series.items():
-        assert f"]({name})" in text
-        img = read_png(run / name)
-        assert img.shape == (440, 780, 3)
-        packed = img.astype(np.int64) @ [65536, 256, 1]  # one integer per colour
-        assert len(np.unique(packed)) >= n + 2  # white, black, one colour per series
-        for color in report.COLORS[:n]:
-            assert (img == color).all(-1).any(), f"{name}: series colour {color} missing"
+    # one line per RL arm, SA first, the replicate left out; fabricate logs reward 0.1 * step + window / 1000
+    assert list(drawn["rl_reward.png"]) == ["sa-rl", "swa64-rl", "swa128-rl"]
+    assert drawn["rl_reward.png"] == {arm: [(s, 0.1 * s + window / 1000) for s in (1, 2, 3, 4)]
+                                      for arm, window in (("sa-rl", 0), ("swa64-rl", 64), ("swa128-rl", 128))}
+    assert drawn["rl_accuracy.png"]["swa64-rl"] == [(s, 0.4 + s / 20) for s in (2, 4)]  # held out, where logged
+    assert drawn["rl_length.png"]["swa128-rl"] == [(1, 49.0), (2, 48.0), (3, 47.0), (4, 46.0)]
     assert "![gsm8k accuracy over RL (held out)](rl_accuracy.png)" in text
-    # rewards rise with the step: sa-rl's line (first colour) ends higher (a smaller row) than it starts
-    ys, xs = np.nonzero((read_png(run / "rl_reward.png")[:, :600] == report.COLORS[0]).all(-1))
-    assert ys[xs == xs.max()].mean() < ys[xs == xs.min()].mean()
-    assert len(xs) > 4 * 7 * 7 + 500  # four 7x7 markers and the lines joining them across the plot
+    # windows 64, 128 and full at x = 0, 1, 2; the SA model run under window 64 is on SA SFT's line
+    assert drawn["accuracy_vs_window.png"] == {"base": [(0, 0.1), (1, 0.2), (2, 0.5)],
+                                               "SA SFT": [(0, 0.3), (2, 0.8)], "SA SFT+RL": [(2, 0.9)],
+                                               "SWA SFT": [(0, 0.3), (1, 0.8)], "SWA SFT+RL": [(0, 0.55), (1, 0.85)]}
+    for name, series in drawn.items():
+        assert f"]({name})" in text
+        img = png_image(run / name)
+        # each series in its own colour of matplotlib's cycle, and no more
+        assert [has_color(img, f"C{i}") for i in range(len(series) + 1)] == [True] * len(series) + [False], name
 
 
-def test_png_encoder_round_trip(tmp_path):
-    img = np.random.default_rng(0).integers(0, 256, (7, 5, 3), dtype=np.uint8)
-    report.write_png(tmp_path / "x.png", img)
-    assert (read_png(tmp_path / "x.png") == img).all()
+def test_report_without_matplotlib(tmp_path, monkeypatch, capsys):
+    with_plots = fabricate(tmp_path / "with")
+    report.main([str(with_plots)])
+    full = (with_plots / "REPORT.md").read_text()
+    real_import = builtins.__import__
 
+    def uninstalled(name, *args, **kwargs):
+        if name.split(".")[0] == "matplotlib":
+            raise ModuleNotFoundError("No module named 'matplotlib'", name="matplotlib")
+        return real_import(name, *args, **kwargs)
 
-def test_font_covers_every_character_drawn(tmp_path, monkeypatch):
-    drawn, text_mask = [], report.text_mask
-    monkeypatch.setattr(report, "text_mask", lambda s, scale=2: drawn.append(s) or text_mask(s, scale))
-    report.main([str(fabricate(tmp_path))])
-    assert {"mean reward per RL step", "swa128-rl", "full", "SWA SFT+RL"} <= set(drawn)
-    missing = {ch for s in drawn for ch in s.upper()} - set(report.FONT)
-    assert not missing, f"characters without a glyph: {missing}"
-    glyphs = [g.tobytes() for ch, g in report.FONT.items() if ch != " "]
-    assert len(set(glyphs)) == len(glyphs) and all(g.any() for ch, g in report.FONT.items() if ch != " ")
-    assert report.text_mask("AB", scale=1).shape == (5, 7)
+    monkeypatch.setattr(builtins, "__import__", uninstalled)
+    run = fabricate(tmp_path / "without")
+    capsys.readouterr()
+    report.main([str(run)])
+    said = capsys.readouterr().out.splitlines()
+    assert said[-1] == ("plots skipped: matplotlib cannot be imported (No module named 'matplotlib'); "
+                        "pip install matplotlib to draw them")
+    assert sum("skipped" in line for line in said) == 1
+    text = (run / "REPORT.md").read_text()
+    assert not list(run.glob("*.png")) and "![" not in text
+    # every table and section but the plot-only one, as with matplotlib
+    assert table_rows(text) == table_rows(full)
+    headings = [line for line in full.splitlines() if line.startswith("#")]
+    assert [line for line in text.splitlines() if line.startswith("#")] == [
+        h for h in headings if h != "## Accuracy against window"]
 
 
 def test_question_and_numbers():
@@ -303,7 +318,7 @@ def test_synthetic_only_run(tmp_path):
     assert "![training accuracy over RL (no held-out accuracy logged)](rl_accuracy.png)" in text
     assert "No math benchmark was evaluated (only synthetic)" in text
     assert "rl_length.png" not in text and not (run / "rl_length.png").exists()  # no lengths logged: no plot
-    read_png(run / "rl_reward.png")  # one step still plots
+    assert has_color(png_image(run / "rl_reward.png"), "C0")  # one step still plots
 
 
 def test_synthetic_accuracy_by_gap(tmp_path):
@@ -331,5 +346,5 @@ def test_old_layout_fails_in_one_line(tmp_path):
     run = tmp_path / "run"
     (run / "eval").mkdir(parents=True)
     (run / "eval" / "summary.json").write_text("{}")
-    with pytest.raises(SystemExit, match="base/ not found"):
+    with pytest.raises(UserError, match="base/ not found"):
         report.main([str(run)])

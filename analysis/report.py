@@ -1,7 +1,7 @@
 """
 Summarise one run.sh preset: runs/<preset>/REPORT.md and its plots, written from the runs' own JSON.
 
-    python report.py runs/tiny          # run.sh's last step
+    python analysis/report.py runs/tiny          # run.sh's last step, from the repository root
 
 Reads the layout run.sh writes:
     <run>/base/                       the full-attention starting checkpoint (its tokenizer counts tokens)
@@ -21,7 +21,8 @@ Writes, next to the runs:
     rl_accuracy.png          held-out accuracy over RL steps (training accuracy when rl.py logged none)
     rl_length.png            mean completion length per RL step
     accuracy_vs_window.png   accuracy on the main task against the window each model was evaluated under
-A PNG is written only when there is data for it. Plots are drawn with numpy and encoded to PNG here.
+A PNG is written only when there is data for it. The plots need matplotlib, the tables do not: without it
+REPORT.md is written without its plots, and one line says so.
 
 Definitions (also stated in the report):
     standard error       sqrt(p (1 - p) / n) over a task's n problems (binomial; each row is one run)
@@ -39,16 +40,14 @@ import json
 import math
 import os
 import re
-import struct
-import zlib
+import sys
 
-import numpy as np
-
-from tokenizer import CHATML, Tokenizer
+# run as a script from analysis/, the repository's modules are one directory up
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from common import ARM_RE, LABEL_RE, fail, read_jsonl, run_main  # noqa: E402
+from tokenizer import CHATML, Tokenizer  # noqa: E402
 
 EPS = 1e-9
-LABEL_RE = re.compile(r"^(.+?)(?:-window(None|\d+)-sinks(\d+))?$")
-ARM_RE = re.compile(r"^(sa|swa(\d+))-(sft|rl)$")  # sa-sft, swa64-rl; replicates such as swa64-rl-seed1 don't match
 STAGES = {"base": "before SFT", "sft": "SFT", "rl": "SFT + RL"}
 MATH_TASKS = ("gsm8k", "svamp", "asdiv", "math500")  # the trajectory analysis reads the first one evaluated
 NUMBER_RE = re.compile(r"\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d+)?")  # 7, 12.5, 1,200
@@ -58,13 +57,6 @@ COMPUTATION_RE = re.compile(rf"(?:{NUMBER_RE.pattern})\s*[-+*/×÷]\s*\d")  # a 
 def load_json(path):
     with open(path, encoding="utf-8") as f:
         return json.load(f)
-
-
-def load_jsonl(path):
-    if not os.path.exists(path):
-        return []
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
 
 
 def fmt(value, spec):
@@ -154,7 +146,7 @@ def shared_verdicts(run_dir, labels, task):
     paths = [os.path.join(run_dir, "eval", label, f"{task}.jsonl") for label in labels]
     if not all(os.path.exists(p) for p in paths):
         return None
-    verdicts = [{r["id"]: r["correct"][0] for r in load_jsonl(p)} for p in paths]
+    verdicts = [{r["id"]: r["correct"][0] for r in read_jsonl(p)} for p in paths]
     common = set.intersection(*(set(v) for v in verdicts))
     return [{i: v[i] for i in common} for v in verdicts] if common else None
 
@@ -237,113 +229,46 @@ def rl_both_table(summary, windows, tasks, run_dir):
     return lines
 
 
-# -- plots: a numpy canvas, a 3x5 bitmap font, a PNG encoder ------------------------------------------------
+# -- plots ---------------------------------------------------------------------------------------------------
 
-# Each glyph is five rows of three pixels, one octal digit per row (4 = left pixel, 2 = middle, 1 = right).
-# Lower case is drawn as upper case.
-FONT_CODES = """
-0:75557 1:26227 2:71747 3:71717 4:55711 5:74717 6:74757 7:71111 8:75757 9:75717
-A:25755 B:65656 C:34443 D:65556 E:74647 F:74644 G:34553 H:55755 I:72227 J:11152 K:55655 L:44447 M:57755
-N:65555 O:25552 P:65644 Q:25563 R:65655 S:34216 T:72222 U:55557 V:55552 W:55775 X:55255 Y:55222 Z:71247
-.:00002 ,:00024 -:00700 %:51245 +:02720 (:12221 ):42224 /:11244 ::02020 =:07070 _:00007 ?:71302
-"""
-FONT = {code[0]: np.array([[int(row, 8) >> (2 - c) & 1 for c in range(3)] for row in code[2:]], bool)
-        for code in FONT_CODES.split()}
-FONT[" "] = np.zeros((5, 3), bool)
-BLACK, GREY = (0, 0, 0), (225, 225, 225)
-COLORS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),
-          (227, 119, 194), (127, 127, 127)]
+def matplotlib_missing():
+    """Why matplotlib cannot be imported, or None when it can. Only the plots need it."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError as e:
+        return str(e)
+    return None
 
 
-def text_mask(s, scale=2):
-    """A string as a boolean bitmap, one blank column between glyphs; unknown characters draw as '?'."""
-    mask = np.zeros((5, max(4 * len(s) - 1, 0)), bool)
-    for i, ch in enumerate(s.upper()):
-        mask[:, 4 * i:4 * i + 3] = FONT.get(ch, FONT["?"])
-    return mask.repeat(scale, 0).repeat(scale, 1)
+def line_plot(path, title, series, xlabel, ylabel, xticks=None, y_percent=False):
+    """A PNG of lines with markers, one per series ({name: [(x, y), ...]}), the legend right of the axes.
+    xticks: [(x, label), ...] for a categorical axis; otherwise x counts (RL steps) and ticks are whole numbers.
+    y_percent: y values are fractions, labelled as percentages."""
+    # imported here, not at the top: without matplotlib the report is still written, without its plots
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator, PercentFormatter
 
-
-def draw_text(img, x, y, s, color=BLACK, align="left", vertical=False):
-    """Text vertically centred on y; x is its left end, centre or right end (align); vertical reads upwards."""
-    mask = text_mask(s)
-    if vertical:
-        mask = np.rot90(mask)
-    h, w = mask.shape
-    ys, xs = np.nonzero(mask)
-    ys, xs = ys + y - h // 2, xs + x - {"left": 0, "center": w // 2, "right": w}[align]
-    keep = (ys >= 0) & (ys < img.shape[0]) & (xs >= 0) & (xs < img.shape[1])  # clip what runs off the canvas
-    img[ys[keep], xs[keep]] = color
-
-
-def nice_ticks(lo, hi, n=5):
-    """About n round values (1, 2 or 5 times a power of ten apart) covering [lo, hi]."""
-    step = 10 ** math.floor(math.log10((hi - lo) / n))
-    step *= next(m for m in (1, 2, 5, 10) if (hi - lo) / (step * m) <= n)
-    return [t * step for t in range(math.ceil(lo / step), math.floor(hi / step) + 1)]
-
-
-def write_png(path, img):
-    """An RGB uint8 array as a PNG: signature, IHDR, one zlib-compressed IDAT (every row filter 0), IEND."""
-    h, w, _ = img.shape
-    raw = np.concatenate([np.zeros((h, 1), np.uint8), img.reshape(h, 3 * w)], axis=1).tobytes()
-
-    def chunk(kind, data):  # length, type, data, CRC of type + data
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    with open(path, "wb") as f:
-        f.write(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0))
-                + chunk(b"IDAT", zlib.compress(raw, 9)) + chunk(b"IEND", b""))
-
-
-def line_plot(path, title, series, xlabel, ylabel, xticks=None):
-    """Lines with square markers, one colour per series ({name: [(x, y), ...]}), a legend on the right.
-    xticks: [(x, label), ...] for a categorical axis; by default round values, whole numbers for whole x."""
-    series = {name: sorted(points) for name, points in series.items() if points}
-    width, height, left, right, top, bottom = 780, 440, 70, 600, 40, 385
-    img = np.full((height, width, 3), 255, np.uint8)
-    xs = [x for points in series.values() for x, _ in points] + [x for x, _ in xticks or []]
-    ys = [y for points in series.values() for _, y in points]
-
-    def padded(lo, hi):  # 5% margin so markers stay inside the frame; a single value gets a range around it
-        span = hi - lo or max(abs(hi), 1)
-        return lo - 0.05 * span, hi + 0.05 * span
-
-    (x_lo, x_hi), (y_lo, y_hi) = padded(min(xs), max(xs)), padded(min(ys), max(ys))
-
-    def px(x):
-        return round(left + (x - x_lo) / (x_hi - x_lo) * (right - left))
-
-    def py(y):
-        return round(bottom - (y - y_lo) / (y_hi - y_lo) * (bottom - top))
-
-    for t in nice_ticks(y_lo, y_hi):
-        img[py(t), left:right] = GREY
-        draw_text(img, left - 6, py(t), f"{t:.6g}", align="right")
+    fig = Figure(figsize=(8, 4.5), dpi=120, layout="constrained")  # 960 x 540 pixels
+    FigureCanvasAgg(fig)  # Agg renders to files only: no display, no pyplot state shared between plots
+    ax = fig.add_subplot()
+    for name, points in series.items():
+        if points:
+            xs, ys = zip(*sorted(points))
+            ax.plot(xs, ys, marker="o", markersize=5, linewidth=1.8, label=name)
     if xticks is None:
-        xticks = [(t, f"{t:.6g}") for t in nice_ticks(x_lo, x_hi)
-                  if t == int(t) or not all(x == int(x) for x in xs)]
-    for t, label in xticks:
-        img[top:bottom, px(t)] = GREY
-        draw_text(img, px(t), bottom + 14, label, align="center")
-    img[[top, bottom], left:right + 1] = BLACK
-    img[top:bottom + 1, [left, right]] = BLACK
-    for i, (name, points) in enumerate(series.items()):
-        color = COLORS[i % len(COLORS)]
-        for (x0, y0), (x1, y1) in zip(points, points[1:]):
-            n = max(abs(px(x1) - px(x0)), abs(py(y1) - py(y0))) + 1
-            line_x = np.linspace(px(x0), px(x1), n).round().astype(int)
-            line_y = np.linspace(py(y0), py(y1), n).round().astype(int)
-            for d in (0, 1):  # two pixels thick
-                img[line_y + d, line_x] = color
-                img[line_y, line_x + d] = color
-        for x, y in points:
-            img[py(y) - 3:py(y) + 4, px(x) - 3:px(x) + 4] = color
-        img[top + 10 + 22 * i - 3:top + 10 + 22 * i + 4, right + 16:right + 34] = color
-        draw_text(img, right + 40, top + 10 + 22 * i, name)
-    draw_text(img, (left + right) // 2, 16, title, align="center")
-    draw_text(img, (left + right) // 2, height - 20, xlabel, align="center")
-    draw_text(img, 16, (top + bottom) // 2, ylabel, vertical=True)
-    write_png(path, img)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    else:
+        ax.set_xticks([x for x, _ in xticks], [label for _, label in xticks])
+    if y_percent:
+        ax.yaxis.set_major_formatter(PercentFormatter(xmax=1))
+    ax.set_title(title)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    ax.spines[["top", "right"]].set_visible(False)
+    fig.legend(loc="outside right upper", frameon=False)
+    fig.savefig(path)
 
 
 # -- trajectories --------------------------------------------------------------------------------------------
@@ -422,7 +347,7 @@ def gap_breakdown(run_dir, rows):
     path = os.path.join(run_dir, "data", "synthetic", "test.jsonl")
     if not os.path.exists(path):
         return []
-    gap = {p["id"]: p["gap"] for p in load_jsonl(path)}
+    gap = {p["id"]: p["gap"] for p in read_jsonl(path)}
     # each problem reaches its requested gap with a few tokens to spare: gaps within 16 tokens form one group
     groups = []
     for g in sorted(set(gap.values())):
@@ -439,7 +364,7 @@ def gap_breakdown(run_dir, rows):
         if not os.path.exists(records):
             continue
         correct = [[] for _ in groups]
-        for rec in load_jsonl(records):
+        for rec in read_jsonl(records):
             if rec["id"] in gap:
                 correct[group_of[gap[rec["id"]]]].append(rec["correct"][0])
         cells = [percent(sum(c) / len(c), binomial_se(sum(c) / len(c), len(c))) if c else "-" for c in correct]
@@ -470,8 +395,10 @@ def trajectories(run_dir, windows, tasks):
     examples = []
     for w in windows:
         sft, rl = f"swa{w}-sft", f"swa{w}-rl"
-        records = {label: {r["id"]: r for r in load_jsonl(os.path.join(run_dir, "eval", label, f"{task}.jsonl"))}
-                   for label in ("sa-sft", "sa-rl", sft, rl)}
+        paths = {label: os.path.join(run_dir, "eval", label, f"{task}.jsonl") for label in ("sa-sft", "sa-rl", sft, rl)}
+        # a label without records was not evaluated on this task: it is left out of the rows
+        records = {label: {r["id"]: r for r in read_jsonl(path)} if os.path.exists(path) else {}
+                   for label, path in paths.items()}
         if not records[sft]:
             continue
         present = [label for label, by_id in records.items() if by_id]
@@ -499,7 +426,8 @@ def trajectories(run_dir, windows, tasks):
 
 # -- the report ----------------------------------------------------------------------------------------------
 
-def build_report(run_dir):
+def build_report(run_dir, draw_plots=True):
+    """REPORT.md's text. draw_plots: write the PNGs next to it and link them; otherwise the text has no plots."""
     summary = load_json(os.path.join(run_dir, "eval", "summary.json"))
     rows, other = evaluations(summary, run_dir)
     tasks = sorted({t for r in rows for t in r["entry"]["tasks"]})
@@ -528,11 +456,11 @@ def build_report(run_dir):
             "all four models answered, ± its paired standard error; negative: RL narrowed the gap.", "",
             *rl_both_table(summary, windows, tasks, run_dir), ""]
 
-    # RL curves, one per arm: SA first, then by window
+    # RL curves, one per arm: SA first, then by window (replicates such as swa64-rl-seed1 don't match ARM_RE)
     arms = sorted((d for d in os.listdir(run_dir) if ARM_RE.match(d) and d.endswith("-rl")
                    and os.path.exists(os.path.join(run_dir, d, "metrics.jsonl"))),
                   key=lambda d: int(ARM_RE.match(d).group(2) or 0))
-    logs = {arm: load_jsonl(os.path.join(run_dir, arm, "metrics.jsonl")) for arm in arms}
+    logs = {arm: read_jsonl(os.path.join(run_dir, arm, "metrics.jsonl")) for arm in arms}
 
     def first_last(points, spec):
         return f"{points[0][1]:{spec}} -> {points[-1][1]:{spec}}" if points else "-"
@@ -554,12 +482,12 @@ def build_report(run_dir):
         accuracy_plot = (f"{task} accuracy over RL (held out)", curves["eval_accuracy"])
     else:
         accuracy_plot = ("training accuracy over RL (no held-out accuracy logged)", curves["accuracy"])
-    plots = [("rl_reward.png", "mean reward per RL step", curves["reward"], "mean reward"),
-             ("rl_accuracy.png", *accuracy_plot, "accuracy"),
-             ("rl_length.png", "mean completion length per RL step", curves["completion_len_mean"], "tokens")]
-    for name, title, series, ylabel in plots:
-        if any(series.values()):
-            line_plot(os.path.join(run_dir, name), title, series, "RL step", ylabel)
+    plots = [("rl_reward.png", "mean reward per RL step", curves["reward"], "mean reward", False),
+             ("rl_accuracy.png", *accuracy_plot, "accuracy", True),
+             ("rl_length.png", "mean completion length per RL step", curves["completion_len_mean"], "tokens", False)]
+    for name, title, series, ylabel, y_percent in plots:
+        if draw_plots and any(series.values()):
+            line_plot(os.path.join(run_dir, name), title, series, "RL step", ylabel, y_percent=y_percent)
             out += [f"![{title}]({name})", ""]
 
     # accuracy against the window each model was evaluated under ("full" at the right), one line per training
@@ -576,10 +504,11 @@ def build_report(run_dir):
                 continue
             x = len(evaluated) if r["window"] is None else evaluated.index(r["window"])
             series[names[r["trained"].rstrip("0123456789"), r["stage"]]].append((x, p))
-        if any(series.values()):
+        if draw_plots and any(series.values()):
             title = f"{main_task} accuracy against attention window"
             line_plot(os.path.join(run_dir, "accuracy_vs_window.png"), title, series, "window (tokens)", "accuracy",
-                      xticks=[(i, str(w)) for i, w in enumerate(evaluated)] + [(len(evaluated), "full")])
+                      xticks=[(i, str(w)) for i, w in enumerate(evaluated)] + [(len(evaluated), "full")],
+                      y_percent=True)
             out += ["## Accuracy against window", "", "SWA SFT and SWA SFT+RL points are each trained at that window; "
                     "base and SA points are the same weights run under each window.", "",
                     f"![{title}](accuracy_vs_window.png)", ""]
@@ -593,17 +522,20 @@ def main(argv=None):
     parser.add_argument("run_dir", help="a preset's directory, e.g. runs/tiny")
     args = parser.parse_args(argv)
     if not os.path.exists(os.path.join(args.run_dir, "eval", "summary.json")):
-        raise SystemExit(f"error: {args.run_dir}/eval/summary.json not found (run evaluate.py first)")
+        fail(f"{args.run_dir}/eval/summary.json not found (run evaluate.py first)")
     if not os.path.isdir(os.path.join(args.run_dir, "base")):
-        raise SystemExit(f"error: {args.run_dir}/base/ not found: this run predates the base/, sa-*, swa<W>-* "
-                         "layout that report.py reads; rerun run.sh")
-    report = build_report(args.run_dir)
+        fail(f"{args.run_dir}/base/ not found: this run predates the base/, sa-*, swa<W>-* layout that "
+             "analysis/report.py reads; rerun run.sh")
+    missing = matplotlib_missing()
+    report = build_report(args.run_dir, draw_plots=missing is None)
     path = os.path.join(args.run_dir, "REPORT.md")
     with open(path, "w", encoding="utf-8") as f:
         f.write(report)
     print(report)
     print(f"-> {path}")
+    if missing:
+        print(f"plots skipped: matplotlib cannot be imported ({missing}); pip install matplotlib to draw them")
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)
