@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole experiment for one preset: a full-attention starting model -> SFT -> RL -> evaluation, with full
-# attention (SA) and with sliding windows (SWA), then REPORT.md (report.py) from the runs' own JSON.
+# attention (SA) and with sliding windows (SWA), then REPORT.md (analysis/report.py) from the runs' own JSON.
 #
 #     bash run.sh tiny              # CPU, a few minutes: toy byte-level model on the synthetic long-range task
 #     bash run.sh smollm2-gsm8k     # one GPU: SmolLM2-135M-Instruct on GSM8K, then on the synthetic task at a
