@@ -343,11 +343,13 @@ def score(records, samples):
 
 @torch.inference_mode()
 def evaluate_task(model, tokenizer, problems, max_new_tokens=512, batch_size=16, samples=1, temperature=0.0,
-                  shots=(), out_path=None, seed=0, progress=True, desc="eval"):
+                  shots=(), out_path=None, seed=0, progress=True, desc="eval", trajectory=None):
     """Generate answers for `problems` ({id, question, answer} dicts) and score them.
 
     samples > 1 draws that many completions per problem (use temperature > 0) and adds pass@k and maj@n.
     With out_path, per-problem records are appended to that JSONL and problems already there are skipped.
+    trajectory(prompt_ids, completion_ids, tokenizer, window) -> dict, when given, is recorded per completion
+    (data.trace.trajectory: how a trace-task completion uses the window).
     Returns a metrics dict: accuracy, n_problems, mean_completion_tokens, generated_tokens, tokens_per_s, ...
     """
     settings = {"samples": samples, "temperature": temperature, "few_shot": len(shots),
@@ -398,6 +400,9 @@ def evaluate_task(model, tokenizer, problems, max_new_tokens=512, batch_size=16,
                           "majority_correct": any(ok for a, ok in zip(answers, correct)
                                                   if a is not None and answer_key(a) == majority),
                           "completion_tokens": [len(t) for t in outs], "finished": finished, "settings": settings}
+                if trajectory is not None:
+                    record["trajectories"] = [trajectory(prompts[p["id"]], t[:-1] if f else t, tokenizer,
+                                                         model.config.window) for t, f in zip(outs, finished)]
                 done[p["id"]] = record
                 lines.append(json.dumps(record, ensure_ascii=False) + "\n")
             if out is not None:

@@ -29,6 +29,7 @@ import torch
 
 from common import (DATA_DIR, FEW_SHOT_SOURCE, add_window_args, apply_window, eval_label, evaluate_task, fail,
                     load_task, run_main, write_text)
+from data import trace
 from model import load_checkpoint
 
 
@@ -64,7 +65,8 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--ckpt", action="append", required=True, help="checkpoint directory; repeat for several")
     parser.add_argument("--tasks", default="gsm8k,math500,svamp,asdiv",
-                        help="comma-separated tasks: gsm8k, math500, svamp, asdiv, synthetic")
+                        help="comma-separated tasks: gsm8k, math500, svamp, asdiv, synthetic, trace (and trace-*: "
+                             "records how each completion uses the window)")
     parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N problems of each task")
     parser.add_argument("--samples", type=int, default=1, help="completions per problem (pass@k and maj@n when > 1)")
     parser.add_argument("--temperature", type=float, default=0.0, help="sampling temperature; 0 is greedy")
@@ -113,7 +115,8 @@ def main(argv=None):
         for t in tasks:
             m = evaluate_task(model, tokenizer, problems[t], args.max_new_tokens, args.batch_size, args.samples,
                               args.temperature, shots.get(t, ()), os.path.join(args.out_dir, label, f"{t}.jsonl"),
-                              args.seed, desc=f"{label} {t}")
+                              args.seed, desc=f"{label} {t}",
+                              trajectory=trace.trajectory if trace.is_trace_task(t) else None)
             results[t] = m
             if m["tokens_per_s"]:
                 generated += m["generated_tokens"]

@@ -59,6 +59,7 @@ from tqdm import tqdm
 from common import (DATA_DIR, EVAL_TASK, METRICS_FILE, STATE_FILE, MetricsLog, add_window_args, apply_window,
                     build_prompt, close_distributed, evaluate_task, fail, init_distributed, load_state, load_task,
                     print0, run_main, save_run)
+from data import trace
 from data.answers import find_answer, is_correct
 from model import generate, load_checkpoint
 
@@ -343,7 +344,8 @@ def reward_of(text, finished, length, answer, args, coin):
 def collect_rollouts(sampler, tokenizer, problems, prompts, draw, n_groups, args, sample_gen, coin, m):
     """Sample G completions for each of n_groups problems and score them. With dynamic sampling, groups whose
     rewards are all equal are dropped and replaced by new problems, up to --max-gen-rounds rounds. Returns the
-    kept groups; adds what every completion looked like (kept or not) to the metric sums m."""
+    kept groups; adds what every completion looked like (kept or not) to the metric sums m, on the trace task
+    also how it used the window (count_trajectory)."""
     G, stops, groups = args.group_size, set(tokenizer.stop_tokens), []
     for _ in range(args.max_gen_rounds):
         m["gen_rounds"] += 1
@@ -366,6 +368,9 @@ def collect_rollouts(sampler, tokenizer, problems, prompts, draw, n_groups, args
                                   args, coin)
                 rewards.append(r)
                 correct.append(ok)
+                if trace.is_trace_task(args.task):
+                    count_trajectory(trace.trajectory(prompts[i], t[:-1] if done else t, tokenizer,
+                                                      sampler.config.window), ok, m)
             lengths = [len(t) for t in tokens[g * G:(g + 1) * G]]
             m["completions"] += G
             m["reward"] += sum(rewards)
@@ -385,6 +390,37 @@ def collect_rollouts(sampler, tokenizer, problems, prompts, draw, n_groups, args
         if not args.dynamic_sampling or len(groups) >= n_groups:
             break
     return groups
+
+
+TRAJECTORY_SUMS = ("traj", "fits", "fits_correct", "window_style", "full_style", "restated", "restated_n",
+                   "max_distance", "max_distance_n")
+
+
+def count_trajectory(t, correct, m):
+    """Add one trace-task completion's use of the window (data.trace.trajectory) to the metric sums m."""
+    m["traj"] += 1
+    m["fits"] += t["fits"]
+    m["fits_correct"] += t["fits"] and correct
+    m["window_style"] += t["style"] == "window"
+    m["full_style"] += t["style"] == "full"
+    if t["restatements_per_step"] is not None:
+        m["restated"] += t["restatements_per_step"]
+        m["restated_n"] += 1
+    if t["max_distance"] is not None:
+        m["max_distance"] += t["max_distance"]
+        m["max_distance_n"] += 1
+
+
+def trajectory_metrics(m):
+    """The metrics.jsonl fields of the trace task: how the step's completions used the window."""
+    if not m["traj"]:
+        return {}
+    n, fits = m["traj"], m["fits"]
+    return {"fits_window": fits / n, "window_style": m["window_style"] / n, "full_style": m["full_style"] / n,
+            "restatements_per_step": m["restated"] / m["restated_n"] if m["restated_n"] else None,
+            "max_distance_mean": m["max_distance"] / m["max_distance_n"] if m["max_distance_n"] else None,
+            "accuracy_fits": m["fits_correct"] / fits if fits else None,
+            "accuracy_not_fits": (m["correct"] - m["fits_correct"]) / (n - fits) if n > fits else None}
 
 
 def sequences(groups, args):
@@ -504,7 +540,7 @@ def step_metrics(m, step, lr, args):
             "grad_norm": m["grad_norm"] / m["updates"] if m["updates"] else 0.0, "updates": int(m["updates"]),
             "skipped": m["informative"] == 0, "gen_tok_s": m["gen_tokens"] / max(m["gen_s"], 1e-9),
             "gen_s": m["gen_s"], "logprob_s": m["logprob_s"], "train_s": m["train_s"], "eval_s": 0.0,
-            "step_s": m["step_s"]}
+            "step_s": m["step_s"], **trajectory_metrics(m)}
 
 
 MAXED = ("length_max", "ratio_max", "gap_max", "gen_s", "logprob_s", "train_s", "step_s")  # max over ranks
@@ -636,7 +672,8 @@ def main(argv=None):
                               "groups_seen", "length", "length_max", "truncated", "gen_tokens", "gen_s", "gap",
                               "gap_max", "gap_tokens", "logprob_s", "is_weight", "is_truncated", "clipped_low",
                               "clipped_high", "ratio", "ratio_max", "kl", "entropy", "trained_tokens", "tokens",
-                              "grad_norm", "updates", "train_s", "step_s", "groups_kept", "informative")}
+                              "grad_norm", "updates", "train_s", "step_s", "groups_kept", "informative",
+                              *TRAJECTORY_SUMS)}
         # 1. rollouts: sample and score; with dynamic sampling only groups whose rewards differ are kept
         model.eval()
         groups = collect_rollouts(sampler, tokenizer, problems, prompts, draw, args.prompts_per_step // world,

@@ -36,6 +36,7 @@ Test: python -m pytest -q tests/test_report.py
 
 import argparse
 import bisect
+import collections
 import json
 import math
 import os
@@ -424,6 +425,145 @@ def trajectories(run_dir, windows, tasks):
                   "First completion of each, truncated to 600 characters.", "", *examples]
 
 
+# -- the trace task: how completions use the window -----------------------------------------------------------
+
+TRACE_COLUMNS = ("| checkpoint | window | completions | accuracy (%) | fits the window (%) | accuracy when it fits "
+                 "(%) | accuracy when it does not (%) | window style (%) | full style (%) | mixed (%) | restatements "
+                 "per step | mean largest copy distance | mean tokens |")
+
+
+def trace_row(label, window, records):
+    """Table cells of one checkpoint's trace-task records (data.trace.trajectory per completion)."""
+    pairs = [(t, ok) for r in records for t, ok in zip(r.get("trajectories", []), r["correct"])]
+    if not pairs:
+        return None
+    n = len(pairs)
+    fits = [ok for t, ok in pairs if t["fits"]]
+    misses = [ok for t, ok in pairs if not t["fits"]]
+    styles = collections.Counter(t["style"] for t, _ in pairs)
+    restated = [t["restatements_per_step"] for t, _ in pairs if t["restatements_per_step"] is not None]
+    distances = [t["max_distance"] for t, _ in pairs if t["max_distance"] is not None]
+
+    def share(values):
+        return fmt(100 * sum(values) / len(values) if values else None, ".1f")
+
+    return (f"| {label} | {window_text(window)} | {n} | {share([ok for _, ok in pairs])} | {100 * len(fits) / n:.1f} "
+            f"| {share(fits)} | {share(misses)} | {100 * styles['window'] / n:.1f} | {100 * styles['full'] / n:.1f} "
+            f"| {100 * styles['mixed'] / n:.1f} | {fmt(sum(restated) / len(restated) if restated else None, '.2f')} "
+            f"| {fmt(sum(distances) / len(distances) if distances else None, '.1f')} "
+            f"| {sum(t['length'] for t, _ in pairs) / n:.1f} |")
+
+
+def trace_table(run_dir, eval_dir, task="trace"):
+    """One row per checkpoint evaluated on the trace task in <run>/<eval_dir>/ (greedy eval/, sampled
+    eval-sampled/)."""
+    path = os.path.join(run_dir, eval_dir, "summary.json")
+    if not os.path.exists(path):
+        return []
+    rows, _ = evaluations(load_json(path), run_dir)
+    lines = []
+    for r in rows:
+        records_path = os.path.join(run_dir, eval_dir, r["label"], f"{task}.jsonl")
+        if os.path.exists(records_path):
+            row = trace_row(r["label"], r["window"], read_jsonl(records_path))
+            lines += [row] if row else []
+    return [TRACE_COLUMNS, "|---" * 13 + "|", *lines] if lines else []
+
+
+def distance_table(run_dir, task="trace-sweep"):
+    """Accuracy against the copy distance that a full-style solution of the problem needs (the test set's
+    max_distance["full"], set by its filler), per checkpoint: how far a window-W model recalls through its layers."""
+    data = os.path.join(run_dir, "data", task, "test.jsonl")
+    summary_path = os.path.join(run_dir, "eval", "summary.json")
+    if not (os.path.exists(data) and os.path.exists(summary_path)):
+        return []
+    distance = {p["id"]: p["max_distance"]["full"] for p in read_jsonl(data)}
+    columns = sorted(set(distance.values()))
+    rows, _ = evaluations(load_json(summary_path), run_dir)
+    lines = []
+    for r in rows:
+        path = os.path.join(run_dir, "eval", r["label"], f"{task}.jsonl")
+        if not os.path.exists(path):
+            continue
+        by_distance = collections.defaultdict(list)
+        for rec in read_jsonl(path):
+            if rec["id"] in distance:
+                by_distance[distance[rec["id"]]].append(rec["correct"][0])
+        cells = [percent(sum(c) / len(c), binomial_se(sum(c) / len(c), len(c))) if c else "-"
+                 for c in (by_distance[d] for d in columns)]
+        lines.append(f"| {r['label']} | {window_text(r['window'])} | " + " | ".join(cells) + " |")
+    if not lines:
+        return []
+    return ["| checkpoint | window | " + " | ".join(f"distance {d} (%)" for d in columns) + " |",
+            "|---|---|" + "---|" * len(columns), *lines]
+
+
+def trace_examples(run_dir, limit=2):
+    """Problems that the windowed SFT model got wrong and its RL model right: both completions, with how they used
+    the window."""
+    out = []
+    for sft in sorted(d for d in os.listdir(run_dir) if ARM_RE.match(d) and d.startswith("swa") and d.endswith("-sft")):
+        rl = sft[:-len("sft")] + "rl"
+        paths = [os.path.join(run_dir, "eval", label, "trace.jsonl") for label in (sft, rl)]
+        if not all(os.path.exists(p) for p in paths):
+            continue
+        before, after = ({r["id"]: r for r in read_jsonl(p)} for p in paths)
+        fixed = [i for i in before if i in after and not before[i]["correct"][0] and after[i]["correct"][0]]
+        for i in fixed[:limit]:
+            out += [f"### {i} (answer {after[i]['reference']})", ""]
+            for label, r in ((sft, before[i]), (rl, after[i])):
+                t = r["trajectories"][0]
+                out += [f"{label}: {'right' if r['correct'][0] else 'wrong'}, {t['style'] or 'no'} style, largest copy "
+                        f"distance {t['max_distance']}, {'fits' if t['fits'] else 'does not fit'} the window, "
+                        f"{r['completion_tokens'][0]} tokens", "", "````text", r["completions"][0][:900], "````", ""]
+    return out
+
+
+def trace_section(run_dir, logs, draw_plots):
+    """The trace task's part of the report: trajectories per checkpoint (greedy and sampled), accuracy against the
+    copy distance, the window's use over RL, and examples."""
+    greedy, sampled, by_distance = trace_table(run_dir, "eval"), trace_table(run_dir, "eval-sampled"), \
+        distance_table(run_dir)
+    if not (greedy or sampled or by_distance):
+        return []
+    out = ["## How completions use the window (trace task)", "",
+           "Per completion (data/trace.py): every value a step, a restatement or the sum copies, and its *distance*: "
+           "from the query that predicts the copy to the token of the value it copies. It *fits the window* when "
+           "every distance is at most W - 1, so that every copy can attend its value directly; beyond that a value "
+           "can only be relayed through the layers. *Window style* restates the state at every step, *full style* "
+           "never, *mixed* sometimes. Accuracy is of the final answer.", ""]
+    if greedy:
+        out += ["Greedy decoding (`eval/`):", "", *greedy, ""]
+    if sampled:
+        out += ["Sampled at temperature 1 (`eval-sampled/`): a mixed-style model's greedy decoding can hide the "
+                "style it writes less often.", "", *sampled, ""]
+    if by_distance:
+        out += ["### Accuracy against copy distance", "", "Test problems of the `trace-sweep` set, grouped by the "
+                "largest copy distance their full-style solution needs (set by the filler per step); greedy, ± the "
+                "binomial standard error.", "", *by_distance, ""]
+    series = {key: {arm: [(m["step"], m[key]) for m in lines if m.get(key) is not None] for arm, lines in logs.items()}
+              for key in ("fits_window", "window_style")}
+    if any(series["fits_window"].values()):
+        out += ["### The window's use over RL", "", "| arm | fits the window (first -> last step) | window style | "
+                "restatements per step |", "|---|---|---|---|"]
+        for arm, lines in logs.items():
+            traced = [m for m in lines if m.get("fits_window") is not None]
+            if traced:
+                first, last = traced[0], traced[-1]
+                out.append(f"| {arm} | {100 * first['fits_window']:.1f} -> {100 * last['fits_window']:.1f} | "
+                           f"{100 * first['window_style']:.1f} -> {100 * last['window_style']:.1f} | "
+                           f"{fmt(first['restatements_per_step'], '.2f')} -> {fmt(last['restatements_per_step'], '.2f')} |")
+        out.append("")
+        if draw_plots:
+            line_plot(os.path.join(run_dir, "rl_fits_window.png"), "rollouts that fit the window, per RL step",
+                      series["fits_window"], "RL step", "fits the window", y_percent=True)
+            out += ["![rollouts that fit the window, per RL step](rl_fits_window.png)", ""]
+    examples = trace_examples(run_dir)
+    if examples:
+        out += ["### Examples: SWA-SFT wrong, SWA-RL right (greedy)", "", *examples]
+    return out
+
+
 # -- the report ----------------------------------------------------------------------------------------------
 
 def build_report(run_dir, draw_plots=True):
@@ -513,7 +653,8 @@ def build_report(run_dir, draw_plots=True):
                     "base and SA points are the same weights run under each window.", "",
                     f"![{title}](accuracy_vs_window.png)", ""]
 
-    out += ["## Trajectories", "", *trajectories(run_dir, windows, tasks), ""]
+    traced = trace_section(run_dir, logs, draw_plots)
+    out += traced or ["## Trajectories", "", *trajectories(run_dir, windows, tasks), ""]
     return "\n".join(out)
 
 

@@ -362,6 +362,20 @@ def fits_window(stats, window):
     return window is None or all(c["distance"] <= window - 1 for c in stats["copies"])
 
 
+def trajectory(prompt_ids, completion_ids, tokenizer, window):
+    """What evaluate.py and rl.py record of one completion: trace_stats without the list of copies, plus whether
+    every copy fits `window`, the window the model ran under."""
+    stats = trace_stats(prompt_ids, completion_ids, tokenizer)
+    summary = {k: v for k, v in stats.items() if k != "copies"}
+    summary["fits"] = fits_window(stats, window)
+    return summary
+
+
+def is_trace_task(task):
+    """Tasks whose problems are trace problems: "trace" and its variants ("trace-sweep", ...)."""
+    return task == "trace" or task.startswith("trace-")
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Command line
 

@@ -141,3 +141,25 @@ def test_read_jsonl_errors(tmp_path):
         f.write(b'{"id": 1, "question": "q", "answer": "2"}\n{"id": "\xff"}\n')
     with pytest.raises(UserError, match=r"bad.jsonl:2: not UTF-8"):
         common.read_jsonl(bad, fields)
+
+
+def test_trace_task_records_how_completions_use_the_window(setup, monkeypatch, tmp_path):
+    """On the trace task every completion's trajectory is recorded: here a 'model' that writes the reference
+    solution, a full-style one whose copies reach further back than the toy model's window of 16 tokens."""
+    _, model, tok, _ = setup
+    from data import trace
+    rows = trace.make_split("test", 2, registers=2, steps=(2, 2), filler=(4,))
+    by_prompt = {tuple(common.build_prompt(tok, r)): r for r in rows}
+
+    def fake_generate(model, prompts, max_new_tokens, **kw):
+        return [tok.encode(by_prompt[tuple(p)]["solution"]) + [tok.eot_id] for p in prompts], None
+
+    monkeypatch.setattr(common, "generate", fake_generate)
+    m = common.evaluate_task(model, tok, rows, progress=False, out_path=str(tmp_path / "trace.jsonl"),
+                             trajectory=trace.trajectory)
+    assert m["accuracy"] == 1.0
+    records = read_records(tmp_path / "trace.jsonl")
+    for r, row in zip(sorted(records, key=lambda r: r["id"]), sorted(rows, key=lambda r: r["id"])):
+        (t,) = r["trajectories"]
+        assert t["style"] == "full" and t["steps"] == 2 and t["unfaithful"] == 0
+        assert t["max_distance"] == row["max_distance"]["full"] > 15 and t["fits"] is False

@@ -348,3 +348,55 @@ def test_old_layout_fails_in_one_line(tmp_path):
     (run / "eval" / "summary.json").write_text("{}")
     with pytest.raises(UserError, match="base/ not found"):
         report.main([str(run)])
+
+
+def trace_record(problem_id, correct, trajectories):
+    return {"id": problem_id, "prompt": "p", "reference": "9", "completions": ["c"] * len(correct), "answers": ["9"],
+            "correct": correct, "completion_tokens": [t["length"] for t in trajectories],
+            "finished": [True] * len(correct), "settings": {}, "trajectories": trajectories}
+
+
+def traj(style, fits, distance, restated, length):
+    return {"style": style, "fits": fits, "max_distance": distance, "restatements_per_step": restated,
+            "length": length, "steps": 4, "n_copies": 8, "unfaithful": 0, "restatements": 0}
+
+
+def test_trace_section_by_hand(tmp_path):
+    run = tmp_path / "trace-run"
+    for d in ("base", "sa-sft", "swa64-sft", "swa64-rl"):
+        os.makedirs(run / d)
+        with open(run / d / "config.json", "w") as f:
+            json.dump({"window": None if d.startswith(("base", "sa")) else 64, "sinks": 4}, f)
+    summary = {label: entry({"trace": task(0.5, n=2), "trace-sweep": task(0.5, n=2)})
+               for label in ("sa-sft", "swa64-sft", "swa64-rl")}
+    os.makedirs(run / "eval")
+    with open(run / "eval" / "summary.json", "w") as f:
+        json.dump(summary, f)
+    records = {  # swa64-sft: two full-style completions, one beyond the window; swa64-rl: one of each style
+        "swa64-sft": [trace_record("a", [False], [traj("full", False, 120, 0.0, 100)]),
+                      trace_record("b", [True], [traj("full", True, 50, 0.0, 80)])],
+        "swa64-rl": [trace_record("a", [True], [traj("window", True, 52, 3.0, 130)]),
+                     trace_record("b", [True], [traj("full", True, 50, 0.0, 80)])]}
+    for label, recs in records.items():
+        os.makedirs(run / "eval" / label)
+        for t in ("trace", "trace-sweep"):
+            with open(run / "eval" / label / f"{t}.jsonl", "w") as f:
+                f.writelines(json.dumps(r) + "\n" for r in recs)
+    os.makedirs(run / "data" / "trace-sweep")
+    with open(run / "data" / "trace-sweep" / "test.jsonl", "w") as f:
+        for i, d in (("a", 124), ("b", 76)):
+            f.write(json.dumps({"id": i, "question": "q", "answer": "9", "max_distance": {"full": d, "window": 40}}) + "\n")
+    with open(run / "swa64-rl" / "metrics.jsonl", "w") as f:
+        for step, fits in ((1, 0.25), (2, 0.75)):
+            f.write(json.dumps({"step": step, "reward": 0.5, "accuracy": 0.5, "fits_window": fits,
+                                "window_style": fits / 2, "restatements_per_step": fits}) + "\n")
+    text = report.build_report(str(run), draw_plots=False)
+    # swa64-sft: accuracy 1/2, fits 1/2; accurate when it fits 100%, when not 0%; all full style; no restatements;
+    # mean largest distance (120 + 50) / 2 = 85; mean tokens 90
+    assert "| swa64-sft | 64 | 2 | 50.0 | 50.0 | 100.0 | 0.0 | 0.0 | 100.0 | 0.0 | 0.00 | 85.0 | 90.0 |" in text
+    assert "| swa64-rl | 64 | 2 | 100.0 | 100.0 | 100.0 | - | 50.0 | 50.0 | 0.0 | 1.50 | 51.0 | 105.0 |" in text
+    # the sweep: problem a needs distance 124, b 76
+    assert "| checkpoint | window | distance 76 (%) | distance 124 (%) |" in text
+    assert "| swa64-sft | 64 | 100.0 ± 0.0 | 0.0 ± 0.0 |" in text
+    assert "| swa64-rl | 25.0 -> 75.0 | 12.5 -> 37.5 | 0.25 -> 0.75 |" in text
+    assert "### a (answer 9)" in text and "swa64-rl: right, window style, largest copy distance 52, fits" in text

@@ -334,3 +334,26 @@ def test_trainer_state_is_read_as_data_only(toy, tmp_path):
     with pytest.raises(UserError, match="trainer_state.pt is not a readable trainer state"):
         run(toy, "crafted", "--task", "toy", "--steps", "2", "--resume")
     assert not marker.exists()
+
+
+def test_trace_task_logs_how_rollouts_use_the_window(toy):
+    from data import trace
+    rows = trace.make_split("train", 16, registers=2, steps=(2, 3), filler=(4,))
+    write_jsonl(str(toy / "data" / "trace" / "train.jsonl"), rows)
+    log = run(toy, "trace", "--task", "trace", "--steps", "1", "--group-size", "2", "--prompts-per-step", "4",
+              "--no-dynamic-sampling")
+    # the toy model answers one digit: no step lines, no copies, so nothing reaches past the window
+    assert log[0]["fits_window"] == 1.0 and log[0]["window_style"] == 0.0 and log[0]["full_style"] == 0.0
+    assert log[0]["max_distance_mean"] is None and log[0]["accuracy_not_fits"] is None
+
+
+def test_trajectory_metrics_by_hand():
+    m = {k: 0.0 for k in rl.TRAJECTORY_SUMS + ("correct",)}
+    for style, fits, correct, restated, distance in [("window", True, True, 3.0, 40), ("full", False, False, 0.0, 90),
+                                                      ("full", True, False, 0.0, 50), (None, True, True, None, None)]:
+        rl.count_trajectory({"style": style, "fits": fits, "restatements_per_step": restated,
+                             "max_distance": distance}, correct, m)
+        m["correct"] += correct
+    got = rl.trajectory_metrics(m)
+    assert got == {"fits_window": 0.75, "window_style": 0.25, "full_style": 0.5, "restatements_per_step": 1.0,
+                   "max_distance_mean": 60.0, "accuracy_fits": pytest.approx(2 / 3), "accuracy_not_fits": 0.0}
