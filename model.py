@@ -447,13 +447,86 @@ def git_commit():
         return None
 
 
+def _fsync(path):
+    """Force a file's or a directory's contents to disk: a rename is only as durable as what it points to."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _save_temporaries(out_dir):
+    """{pid: {"tmp": path, "old": path}}: the directories save_checkpoint of process pid left next to out_dir,
+    <out_dir>.tmp<pid> (the checkpoint being written) and <out_dir>.old<pid> (the one it replaces)."""
+    parent, name = os.path.split(out_dir)
+    if not os.path.isdir(parent):
+        return {}
+    found = {}
+    for entry in os.listdir(parent):
+        kind, pid = entry[len(name) + 1:len(name) + 4], entry[len(name) + 4:]
+        if entry.startswith(name + ".") and kind in ("tmp", "old") and pid.isascii() and pid.isdigit():
+            found.setdefault(int(pid), {})[kind] = os.path.join(parent, entry)
+    return found
+
+
+def _process_running_since(pid, since):
+    """Whether process pid is alive and was started by `since` (a Unix time). A pid the system gave to a
+    process started later is not the one that made a temporary last changed at `since`."""
+    if pid == os.getpid():
+        return False  # this process saves one checkpoint at a time, and is not inside a save while it recovers
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # alive, another user's
+    except OverflowError:
+        return False  # too large to be a pid
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            state, *fields = f.read().rsplit(")", 1)[1].split()  # the command name in (...) may hold spaces
+        with open("/proc/stat") as f:
+            boot = next(int(line.split()[1]) for line in f if line.startswith("btime "))
+    except (OSError, ValueError, IndexError, StopIteration):
+        return True  # no /proc to tell a reused pid apart: assume it is the owner
+    if state == "Z":
+        return False  # exited, not yet reaped
+    started = boot + int(fields[18]) / os.sysconf("SC_CLK_TCK")
+    return started <= since + 1  # a second of slack for the clock's adjustments
+
+
+def recover_checkpoint(out_dir):
+    """Finish or undo a save_checkpoint that was interrupted, and remove what it left, so that out_dir holds
+    the newest complete checkpoint. A save writes <out>.tmp<pid> completely, then renames <out> -> <out>.old<pid>
+    and <out>.tmp<pid> -> <out>, then deletes <out>.old<pid>. So with <out> missing and <out>.old<pid> present,
+    the swap was cut between its renames: <out>.tmp<pid>, complete, is the newest (without it, the old one is).
+    Any other .tmp<pid> is an unfinished save and any other .old<pid> a replaced checkpoint: both are removed.
+    Only exact <out>.tmp<digits> / <out>.old<digits> names are touched, and never those of a process still
+    running (it may be inside its swap). Safe to run in several processes at once (ranks loading a checkpoint)."""
+    out_dir = os.path.abspath(out_dir)
+    for pid, paths in sorted(_save_temporaries(out_dir).items()):
+        try:
+            # ctime: a rename changes it too, so <out>.old<pid> dates from its owner's swap
+            if any(_process_running_since(pid, os.stat(path).st_ctime) for path in paths.values()):
+                continue
+            if "old" in paths and not os.path.exists(out_dir):
+                os.rename(paths.pop("tmp") if "tmp" in paths else paths.pop("old"), out_dir)
+                _fsync(os.path.dirname(out_dir))
+            for path in paths.values():
+                shutil.rmtree(path)
+        except FileNotFoundError:
+            continue  # another process is recovering the same checkpoint and got there first
+
+
 def save_checkpoint(out_dir, model, tokenizer, meta, shard_bytes=SHARD_BYTES, extra_files=None):
-    """Write a checkpoint atomically: everything goes to a temporary sibling directory that is renamed into
-    place only when complete, so an interrupted save never leaves a directory that loads.
+    """Write a checkpoint atomically: everything goes to a temporary sibling directory, flushed to disk, that is
+    renamed into place only when complete; an interrupted save leaves the previous checkpoint (or, when cut
+    between the two renames that replace it, the new one) for recover_checkpoint to put back.
     extra_files {name: write(path)} adds files (trainer state, metrics) that must always match the weights."""
     out_dir = os.path.abspath(out_dir)
+    recover_checkpoint(out_dir)
     tmp = f"{out_dir}.tmp{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp)
     with open(os.path.join(tmp, "config.json"), "w") as f:
         json.dump(asdict(model.config), f, indent=1)
@@ -481,19 +554,26 @@ def save_checkpoint(out_dir, model, tokenizer, meta, shard_bytes=SHARD_BYTES, ex
         json.dump({"commit": git_commit(), **meta}, f, indent=1, default=str)
     for name, write in (extra_files or {}).items():
         write(os.path.join(tmp, name))
+    for directory, _, files in os.walk(tmp, topdown=False):
+        for name in files:
+            _fsync(os.path.join(directory, name))
+        _fsync(directory)
+    parent = os.path.dirname(out_dir)
     if os.path.exists(out_dir):  # replacing an earlier checkpoint of the same run
         old = f"{out_dir}.old{os.getpid()}"
         os.rename(out_dir, old)
         os.rename(tmp, out_dir)
+        _fsync(parent)
         shutil.rmtree(old)
     else:
-        os.makedirs(os.path.dirname(out_dir), exist_ok=True)
         os.rename(tmp, out_dir)
+        _fsync(parent)
 
 
 def load_checkpoint(path, device="cpu", dtype=None):
     """Load (model, tokenizer, meta). A bad directory raises ValueError with one line saying what is wrong."""
     from tokenizer import Tokenizer
+    recover_checkpoint(path)
     if not os.path.isdir(path):
         raise ValueError(f"checkpoint directory {path} does not exist")
     for required in ("config.json", "meta.json", "tokenizer_config.json", "tokenizer.tiktoken"):

@@ -111,21 +111,37 @@ class Tokenizer:
         return cls(config["name"], config["pat_str"], ranks, config["special_tokens"], config["chat_template"])
 
 
+def lead_byte_range(b):
+    """(first, last) code point of the characters whose UTF-8 encoding starts with byte b, or None when b
+    never starts one (continuation bytes 0x80-0xBF, 0xC0, 0xC1 and 0xF5-0xFF). Lead bytes whose shortest
+    form would be overlong (E0, F0), a surrogate (ED) or past U+10FFFF (F4) cover less than their bit pattern."""
+    if b < 0x80:
+        return b, b
+    if 0xC2 <= b <= 0xDF:
+        first = (b - 0xC0) << 6
+        return first, first + 0x3F
+    if 0xE0 <= b <= 0xEF:
+        first = (b - 0xE0) << 12
+        return max(first, 0x800), (0xD7FF if b == 0xED else first + 0xFFF)
+    if 0xF0 <= b <= 0xF4:
+        first = (b - 0xF0) << 18
+        return max(first, 0x10000), min(first + 0x3FFFF, 0x10FFFF)
+    return None
+
+
 def unencodable_pattern(mergeable_ranks):
     """Regex of the characters whose UTF-8 encoding needs a single byte the vocabulary has no token for
-    (SmolLM2 lacks a few), or None. tiktoken cannot encode those; UTF-8 continuation bytes are assumed present."""
+    (SmolLM2 lacks a few), or None. tiktoken cannot encode those; UTF-8 continuation bytes are assumed present.
+    A lone surrogate counts as U+FFFD (lead byte EF): tiktoken encodes it as that replacement character.
+    The pattern is a character class of code point ranges, so search and split take time linear in the text."""
     ranges = []
     for b in range(256):
-        if bytes([b]) in mergeable_ranks or b in (0xC0, 0xC1) or b >= 0xF5:  # the last never occur in UTF-8
+        span = lead_byte_range(b)
+        if span is None or bytes([b]) in mergeable_ranks:
             continue
-        if b < 0x80:
-            ranges.append((b, b))
-        elif 0xC2 <= b <= 0xDF:  # lead byte of a 2-byte character
-            ranges.append(((b & 0x1F) << 6, ((b & 0x1F) << 6) + 0x3F))
-        elif 0xE0 <= b <= 0xEF:
-            ranges.append(((b & 0x0F) << 12, ((b & 0x0F) << 12) + 0xFFF))
-        elif 0xF0 <= b <= 0xF4:
-            ranges.append(((b & 0x07) << 18, ((b & 0x07) << 18) + 0x3FFFF))
+        ranges.append(span)
+        if b == 0xEF:
+            ranges.append((0xD800, 0xDFFF))
     if not ranges:
         return None
     return re.compile("[" + "".join(f"\\U{lo:08x}-\\U{hi:08x}" for lo, hi in ranges) + "]")

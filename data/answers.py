@@ -7,11 +7,26 @@ Answer extraction and checking: the single definition of "correct" used as RL re
 
 extract_answer tries, in order: GSM8K style "#### N", the last brace-matched \\boxed{...} (or \\fbox{...}),
 "the answer is ...", and as a declared fallback the last number in the text. find_answer also returns
-which of these matched. is_correct compares numerically first (commas, trailing zeros, fractions,
-percents, $ and trailing unit words are forgiven) and falls back to symbolic equality with math_verify
-under a time limit (on the main thread only: the limit is a SIGALRM; other threads get the numeric and
-plain-text comparisons). Neither function ever raises: model output is adversarial input (huge numbers,
-unbalanced braces, megabytes of text), so only the tail of the text is scanned and any failure is "wrong".
+which of these matched. is_correct compares numerically first and falls back to symbolic equality with
+math_verify under a time limit (on the main thread only: the limit is a SIGALRM; other threads get the
+numeric and plain-text comparisons).
+
+Numbers: commas, trailing zeros, fractions, a mixed number ("3 1/2" and "3\\frac{1}{2}" are 3.5; "3 4/2" is
+not a number), percents and $ are forgiven. Words after a number are read as follows:
+    magnitudes scale it exactly: hundred, thousand, million, billion, trillion, dozen, and their plurals
+        ("5 million" is 5000000, "2 dozen eggs" is 24, "5 hundred thousand" is 500000);
+    a power word right after the number (or its magnitude) raises it: squared, cubed ("5 squared" is 25);
+        after a unit it is part of the unit ("5 meters squared" is 5);
+    words that would change the value some other way make it not a number: number words (one ... ninety),
+        fraction words (half, halves, third ... billionth, and plurals), and, point, plus, minus, over,
+        divided, power, root, pi, sqrt; so do a magnitude after a unit or a second power word;
+    any other words are units and forgiven ("18 dollars", "5 cm", "7 apples", "25 square feet", "7 quarters",
+        "5 times").
+
+Neither function ever raises: model output is adversarial input (huge numbers, unbalanced braces, megabytes
+of text), and any failure is "wrong". Time stays linear in the text: the "####" marker is found anywhere
+with str.rfind (its line is the answer if no longer than MAX_SCAN_CHARS); the other methods search only the
+last MAX_SCAN_CHARS characters, where answers come.
 
 Test: python -m pytest -q tests/test_answers.py
 """
@@ -20,14 +35,14 @@ import re
 import threading
 from fractions import Fraction
 
-MAX_SCAN_CHARS = 10_000  # only the tail of a completion is searched; answers come at the end
+MAX_SCAN_CHARS = 10_000  # the tail of a completion that all methods but "####" search, and the longest answer
 MAX_ANSWER_CHARS = 300  # longer "answers" are not worth a symbolic comparison
 SYMBOLIC_TIMEOUT_S = 2  # per math_verify parse/verify call (signal based: only enforced on the main thread)
 
 BOX_RE = re.compile(r"\\(?:boxed|fbox)\s*\{")
 BARE_BOX_RE = re.compile(r"\\boxed\s+([^\s${}]+)")  # "\boxed 2", seen in a few MATH solutions
 ANSWER_IS_RE = re.compile(r"answer is\s*:?\s*(.+)", re.IGNORECASE)
-NUMBER_RE = re.compile(r"-?\d+(?:,\d{3})*(?:\.\d+)?(?:/\d+)?")
+NUMBER_RE = re.compile(r"-?(?:\d+ +(?=\d+/\d))?\d+(?:,\d{3})*(?:\.\d+)?(?:/\d+)?")  # a mixed number is one
 
 
 def last_boxed(text):
@@ -51,11 +66,12 @@ def find_answer(text):
     """Return (answer, method) with method in {"####", "boxed", "answer is", "last number"}, or (None, None)."""
     if not isinstance(text, str):
         return None, None
-    text = text[-MAX_SCAN_CHARS:]
-    if "####" in text:
-        answer = text.rsplit("####", 1)[1].strip().split("\n")[0].strip()
-        if answer:
+    marker = text.rfind("####")
+    if marker >= 0:
+        answer = text[marker + 4:].lstrip().partition("\n")[0].strip()
+        if answer and len(answer) <= MAX_SCAN_CHARS:  # megabytes on one line are no answer
             return answer, "####"
+    text = text[-MAX_SCAN_CHARS:]
     answer = last_boxed(text)
     if answer is not None and answer.strip():
         return answer.strip(), "boxed"
@@ -87,9 +103,34 @@ def _strip_latex(s):
     return s.strip().rstrip(".").strip()
 
 
-# a number, optionally a fraction, optionally followed by a percent sign or unit words ("18 dollars", "5 cm")
-_NUMERIC_RE = re.compile(r"(-?)(\d+(?:\.\d*)?|\.\d+)(?:/(\d+(?:\.\d*)?))?\s*(%|[A-Za-z]{2,}(?:[ .]+[A-Za-z]+)*)?")
-_NOT_UNITS = {"pi", "sqrt", "i", "e"}
+# a number: optionally a whole number before a fraction (a mixed number), optionally a fraction, optionally
+# followed by a percent sign or words ("18 dollars", "5 cm", "5 million")
+_NUMERIC_RE = re.compile(r"(-?)(?:(\d+) +(?=\d+/\d))?(\d+(?:\.\d*)?|\.\d+)(?:/(\d+(?:\.\d*)?))?\s*"
+                         r"(%|[A-Za-z]{2,}(?:[ .]+[A-Za-z]+)*)?")
+MAGNITUDES = {"hundred": 100, "thousand": 10**3, "million": 10**6, "billion": 10**9, "trillion": 10**12, "dozen": 12}
+MAGNITUDES |= {word + "s": scale for word, scale in MAGNITUDES.items()}
+POWERS = {"squared": 2, "cubed": 3}
+NUMBER_WORDS = ("zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen "
+                "sixteen seventeen eighteen nineteen twenty thirty forty fifty sixty seventy eighty ninety").split()
+FRACTION_WORDS = ("half halves third fourth fifth sixth seventh eighth ninth tenth hundredth thousandth millionth "
+                  "billionth").split()
+NOT_UNITS = ({"and", "point", "plus", "minus", "over", "divided", "power", "root", "pi", "sqrt"}
+             | set(NUMBER_WORDS) | set(FRACTION_WORDS) | {word + "s" for word in FRACTION_WORDS})
+
+
+def _apply_words(value, words):
+    """value followed by words: scaled by magnitudes, raised by a power word, or None if a word changes it
+    some other way. The remaining words are units."""
+    words = [w.lower() for w in re.split(r"[ .]+", words) if w]
+    while words and words[0] in MAGNITUDES:
+        value *= MAGNITUDES[words.pop(0)]
+    if words and words[0] in POWERS:
+        value **= POWERS[words.pop(0)]
+    if words and words[0] in POWERS:  # "5 squared squared": a unit must come before a power word that is part of it
+        return None
+    if any(w in MAGNITUDES or w in NOT_UNITS for w in words):
+        return None
+    return value
 
 
 def to_number(s):
@@ -97,18 +138,31 @@ def to_number(s):
     s = _strip_latex(s)
     s = re.sub(r"(?<=\d),(?=\d{3}(?!\d))", "", s)  # thousands separators
     s = re.sub(r"^(-?)\\frac\{(\d+)\}\{(\d+)\}", r"\1\2/\3", s)  # \frac{1}{2} -> 1/2
-    s = s.replace(" ", "") if re.fullmatch(r"[-\d./ ]+", s) else s
+    s = re.sub(r"^(-?\d+) *\\frac\{(\d+)\}\{(\d+)\}", r"\1 \2/\3", s)  # 3\frac{1}{2} -> 3 1/2
+    if re.fullmatch(r"[-\d./ ]+", s):
+        s = re.sub(r" */ *", "/", s.strip())
+        if not re.fullmatch(r"-?\d+ +\d+/\d+", s):  # spaces elsewhere separate thousands ("1 200") or a sign
+            s = s.replace(" ", "")
     if len(s) > 100:  # refuse absurdly long numbers (int() of huge digit strings is slow or refused)
         return None
     m = _NUMERIC_RE.fullmatch(s)
-    if m is None or (m.group(4) and m.group(4).split()[0].lower() in _NOT_UNITS):
+    if m is None:
         return None
-    value = Fraction(m.group(2))
-    if m.group(3) is not None:
-        if Fraction(m.group(3)) == 0:
+    sign, whole, numerator, denominator, words = m.groups()
+    value = Fraction(numerator)
+    if denominator is not None:
+        if Fraction(denominator) == 0:
             return None
-        value /= Fraction(m.group(3))
-    return -value if m.group(1) else value
+        value /= Fraction(denominator)
+    if whole is not None:
+        if denominator is None or "." in numerator + denominator or value >= 1:  # "3 4/2", "3 1.5/2": not mixed
+            return None
+        value += int(whole)
+    if words not in (None, "%"):
+        value = _apply_words(value, words)
+        if value is None:
+            return None
+    return -value if sign else value
 
 
 def _normalize_text(s):

@@ -34,6 +34,12 @@ FACTS = [
     "The road is long and quiet.", "A cup of tea is on the table.", "The wind blows from the west.",
 ]
 DEFAULT_GAPS = (0, 32, 128, 512)
+# A split gives up after this many draws in a row repeat earlier questions: by then almost all are taken.
+MAX_FRUITLESS_DRAWS = 2000
+
+
+class TooFewQuestions(ValueError):
+    """The settings allow fewer distinct questions than were asked for."""
 
 
 def count_tokens(text, tokenizer=None):
@@ -72,22 +78,32 @@ def make_problem(rng, gap, tokenizer=None, max_value=99):
 
 def make_split(split, n, seed=0, gaps=DEFAULT_GAPS, tokenizer=None, exclude=(), max_value=99):
     """n problems; problem i is determined by (seed, split, i), gaps cycle through `gaps`.
-    Questions in `exclude` (e.g. the test set) are skipped, so splits are disjoint by construction."""
-    exclude, rows, i = set(exclude), [], 0
+    Questions in `exclude` (e.g. the test set) are skipped, so splits are disjoint by construction.
+    Raises TooFewQuestions (a ValueError) when MAX_FRUITLESS_DRAWS draws in a row give no new question."""
+    exclude, rows, i, fruitless = set(exclude), [], 0, 0
     while len(rows) < n:
         rng = random.Random(f"swarr-synthetic:{seed}:{split}:{i}")  # str seeds are stable across runs
         gap = gaps[i % len(gaps)]
         row = make_problem(rng, gap, tokenizer, max_value)
         i += 1
         if row["question"] in exclude:
+            fruitless += 1
+            if fruitless == MAX_FRUITLESS_DRAWS:
+                others = len(exclude) - len(rows)
+                raise TooFewQuestions(
+                    f"{split} split: found only {len(rows):,} distinct questions of the {n:,} asked for"
+                    + (f" ({others:,} of other splits left out)" if others else "")
+                    + f" with max value {max_value} and gaps {sorted(set(gaps))}: raise --max-value, use larger "
+                    f"--gaps, or ask for fewer problems")
             continue
+        fruitless = 0
         exclude.add(row["question"])  # no duplicates inside a split either
         rows.append({"id": f"synthetic-{split}-{seed}-{i - 1}", **row})
     return rows
 
 
 def main():
-    from common import DATA_DIR, write_jsonl
+    from common import DATA_DIR, fail, write_jsonl
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n-train", type=int, default=5000, help="number of training problems")
@@ -105,21 +121,24 @@ def main():
     try:
         gaps = [int(g) for g in args.gaps.split(",")]
     except ValueError:
-        raise SystemExit(f"error: --gaps must be comma-separated integers, got {args.gaps!r}")
+        fail(f"--gaps must be comma-separated integers, got {args.gaps!r}")
     if not gaps or min(gaps) < 0:
-        raise SystemExit("error: --gaps must be non-negative")
+        fail("--gaps must be non-negative")
     if args.max_value < 1:
-        raise SystemExit("error: --max-value must be >= 1")
+        fail("--max-value must be >= 1")
     tokenizer = None
     if args.tokenizer is not None:
         from tokenizer import Tokenizer
         if not os.path.exists(os.path.join(args.tokenizer, "tokenizer_config.json")):
-            raise SystemExit(f"error: no tokenizer_config.json in {args.tokenizer}")
+            fail(f"no tokenizer_config.json in {args.tokenizer}")
         tokenizer = Tokenizer.load(args.tokenizer)
 
-    test = make_split("test", args.n_test, args.seed, gaps, tokenizer, max_value=args.max_value)
-    train = make_split("train", args.n_train, args.seed, gaps, tokenizer, exclude={r["question"] for r in test},
-                       max_value=args.max_value)
+    try:
+        test = make_split("test", args.n_test, args.seed, gaps, tokenizer, max_value=args.max_value)
+        train = make_split("train", args.n_train, args.seed, gaps, tokenizer,
+                           exclude={r["question"] for r in test}, max_value=args.max_value)
+    except TooFewQuestions as e:
+        fail(str(e))
     for split, rows in (("train", train), ("test", test)):
         path = os.path.join(args.out_dir, f"{split}.jsonl")
         write_jsonl(path, rows)
@@ -127,4 +146,5 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    from common import run_main
+    run_main(main)

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from data.answers import extract_answer, find_answer, is_correct
+from data.answers import MAGNITUDES, NOT_UNITS, POWERS, extract_answer, find_answer, is_correct, to_number
 
 EXTRACT_CASES = [
     # (text, expected answer, expected method)
@@ -22,6 +22,7 @@ EXTRACT_CASES = [
     ("Thus the answer is 3.5. Done.", "3.5", "answer is"),
     ("The Answer is: $12$", "12", "answer is"),
     ("I computed 3 then 4 and finally -17.5 apples", "-17.5", "last number"),
+    ("so she needs 2 then 3 1/2 cups", "3 1/2", "last number"),
     ("no digits at all", None, None),
     ("", None, None),
     ("#### ", None, None),
@@ -74,6 +75,38 @@ CORRECT_CASES = [
     ("#### 7", 7, True),  # numeric reference is tolerated
     (None, "7", False),
     ("#### 5/0", "5", False),
+    ("#### 3 1/2", "3.5", True),  # a mixed number
+    ("#### 3 1/2", "15.5", False),
+    ("#### 3 1/2", "7/2", True),
+    ("#### -3 1/2", "-3.5", True),
+    ("#### 3  1 / 2", "3.5", True),
+    ("#### 3 1/2 cups", "3.5", True),
+    ("it takes 3 1/2 cups", "3.5", True),
+    ("\\boxed{3\\frac{1}{2}}", "3.5", True),
+    ("\\boxed{3 \\frac{1}{2}}", "\\frac{7}{2}", True),
+    ("#### 3 4/2", "5", False),  # not a proper fraction: no mixed number
+    ("#### 3 4/2", "17", False),
+    ("#### 3 1.5/2", "3.75", False),
+    ("#### 1 200", "1200", True),  # a space between thousands
+    ("#### - 5", "-5", True),
+    ("#### 5 million", "5", False),
+    ("#### 5 million dollars", "5000000", True),
+    ("#### 1.5 million", "1,500,000", True),
+    ("#### 4 dozen", "4", False),
+    ("#### 2 dozen eggs", "24", True),
+    ("#### 5 hundred thousand", "500000", True),
+    ("#### 5 squared", "5", False),
+    ("#### 5 squared", "25", True),
+    ("#### 2 cubed", "8", True),
+    ("#### 25 meters squared", "25", True),  # after a unit, a power word is part of the unit
+    ("#### 25 square feet", "25", True),
+    ("#### 7 apples", "7", True),
+    ("#### 7 quarters", "7", True),
+    ("#### 5 times", "5", True),
+    ("#### 5 and a half", "5", False),
+    ("#### 5 and a half", "5.5", False),
+    ("#### 3 tenths", "3", False),
+    ("#### 2 times pi", "2", False),
 ]
 
 
@@ -94,6 +127,13 @@ ADVERSARIAL = [
     "the answer is " + "(" * 5000,
     "\\boxed{\\frac{" * 2000 + "1" + "}" * 4000,
     "\x00\ud800 #### \x00",
+    "#### 7\n" + "x" * 5_000_000,  # 5 MB after the marker
+    "####" * 1_250_000,
+    "#### " + "\\boxed{" * 700_000,
+    "\\boxed{" * 700_000 + "#### 4",
+    "#### " + "1 " * 2_500_000 + "1/2",
+    "#### 5" + " apples" * 700_000,
+    "#### 5 million" * 350_000,
 ]
 
 
@@ -104,6 +144,34 @@ def test_adversarial_is_fast_and_safe(text):
         extract_answer(text)
         assert is_correct(text, reference) in (True, False)
     assert time.time() - start < 3.0
+
+
+WORD_CASES = ([(f"5 {word}", 5 * scale) for word, scale in MAGNITUDES.items()]
+              + [(f"5 {word}", 5 ** power) for word, power in POWERS.items()]
+              + [(f"5 {word}", None) for word in sorted(NOT_UNITS)]
+              + [(f"5 {word} apples", None) for word in sorted(NOT_UNITS)]
+              + [(f"5 apples {word}", None) for word in MAGNITUDES]
+              + [(f"5 {word} {word}", None) for word in POWERS]
+              + [(f"5 cm {word}", 5) for word in POWERS]
+              + [(f"5 {word}", 5) for word in ("dollars", "cm", "apples", "percent", "times", "quarters", "square feet")])
+
+
+@pytest.mark.parametrize("answer,value", WORD_CASES, ids=[a for a, _ in WORD_CASES])
+def test_words_after_a_number_scale_it_fail_it_or_are_units(answer, value):
+    assert to_number(answer) == value
+    assert to_number("-" + answer) == (None if value is None else -value)
+    assert is_correct(f"#### {answer}", "5") is (value == 5)
+    if value is not None:
+        assert is_correct(f"#### {answer}", str(value))
+
+
+def test_marker_found_however_much_text_follows():
+    assert find_answer("#### 42\n" + "x" * 20_000) == ("42", "####")
+    assert find_answer("#### 41\n" + "y " * 10_000 + "#### 42\n" + "z" * 20_000 + "\\boxed{7}") == ("42", "####")
+    assert is_correct("#### 42\n" + "x" * 5_000_000, "42")
+    assert not is_correct("#### 42\n" + "x" * 5_000_000, "43")
+    # megabytes on the marker's line are no answer: the other methods search the tail
+    assert find_answer("#### " + "1" * 20_000 + "\nso the answer is 4.") == ("4", "answer is")
 
 
 def test_megabytes_found_at_end():

@@ -8,6 +8,8 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 from data.answers import is_correct
 from common import read_jsonl as load_jsonl
 from data.synthetic import make_split
@@ -83,3 +85,32 @@ def test_max_value_bounds_every_number():
     assert values and max(values) <= 9 and len(set(values)) > 5
     assert all(abs(int(r["answer"])) <= 18 and is_correct(r["solution"], r["answer"]) for r in rows)
     assert max(int(v) for r in make_split("train", 60, gaps=(0,)) for v in re.findall(r"= (\d+)", r["question"])) > 9
+
+
+def test_too_few_distinct_questions_is_an_error_not_a_hang():
+    # max value 0 and gap 0 leave 1,012 distinct questions: 23 * 22 name pairs times two operators
+    assert len(make_split("test", 1000, gaps=(0,), max_value=0)) == 1000
+    with pytest.raises(ValueError, match=r"test split: found only 1,012 distinct questions of the 1,013 .*--max-value"):
+        make_split("test", 1013, gaps=(0,), max_value=0)
+    test = {r["question"] for r in make_split("test", 1000, gaps=(0,), max_value=0)}
+    with pytest.raises(ValueError, match=r"found only 12 distinct questions of the 20 asked for \(1,000 of other"):
+        make_split("train", 20, gaps=(0,), max_value=0, exclude=test)
+
+
+def test_a_gap_with_few_questions_does_not_stop_the_others():
+    rows = make_split("train", 6000, gaps=(0, 64), max_value=0)  # gap 0 runs out of its 1,012 questions
+    assert len({r["question"] for r in rows}) == 6000
+    assert 1000 < sum(r["gap"] < 64 for r in rows) <= 1012
+
+
+def test_cli_reports_too_few_questions_in_one_line(tmp_path, monkeypatch):
+    from common import run_main
+    from data.synthetic import main
+    monkeypatch.setattr(sys, "argv", ["synthetic.py", "--n-test", "5000", "--max-value", "1", "--gaps", "0",
+                                      "--out-dir", str(tmp_path)])
+    with pytest.raises(SystemExit) as exit_:
+        run_main(main)
+    message = str(exit_.value.code)
+    assert message.startswith("error: test split: found only ") and "\n" not in message
+    assert "raise --max-value" in message
+    assert list(tmp_path.iterdir()) == []
