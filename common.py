@@ -223,7 +223,8 @@ def load_state(path):
 # Names of runs. run.sh names a training arm after its attention (sa, swa<W>) and stage (sft, rl); evaluate.py
 # labels a checkpoint with its directory name, plus -window<W>-sinks<S> when it ran under another window.
 
-ARM_RE = re.compile(r"^(sa|swa(\d+))-(sft|rl)$")  # sa-sft, swa64-rl
+# <attention>-<stage>[-<variant>][-seed<N>]: sa-sft, swa64-rl, swa64-sft-oracle, swa64-rl-random-seed1
+ARM_RE = re.compile(r"^(sa|swa(\d+))-(sft|rl)(?:-([a-z][a-z0-9]*))?(?:-seed(\d+))?$")
 LABEL_RE = re.compile(r"^(.+?)(?:-window(None|\d+)-sinks(\d+))?$")
 
 

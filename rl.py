@@ -61,7 +61,7 @@ from common import (DATA_DIR, EVAL_TASK, METRICS_FILE, STATE_FILE, MetricsLog, a
                     print0, run_main, save_run)
 from data import trace
 from data.answers import find_answer, is_correct
-from model import generate, load_checkpoint
+from model import generate, load_checkpoint, recover_checkpoint
 
 ALGOS = {  # as each paper defines it; overlong: DAPO's soft penalty over the last 20% of the length limit
     "grpo": {"scale_std": True, "aggregation": "grpo", "clip_low": 0.2, "clip_high": 0.2, "kl_beta": 0.04,
@@ -572,6 +572,7 @@ def main(argv=None):
     if args.prompts_per_step % world:
         fail(f"--prompts-per-step ({args.prompts_per_step}) must be a multiple of the number of processes ({world})")
     out = args.out or os.path.join("ckpt", f"rl-{args.task}")
+    recover_checkpoint(out)  # a save cut between its two renames leaves the newest copy beside --out
     if os.path.realpath(out) == os.path.realpath(args.ckpt):
         fail(f"--out {out} is the starting checkpoint; choose another --out")
     if args.resume and not os.path.isfile(os.path.join(out, STATE_FILE)):

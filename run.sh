@@ -2,36 +2,58 @@
 # The whole experiment for one preset: a full-attention starting model -> SFT -> RL -> evaluation, with full
 # attention (SA) and with sliding windows (SWA), then REPORT.md (analysis/report.py) from the runs' own JSON.
 #
-#     bash run.sh tiny              # CPU, a few minutes: toy byte-level model on the synthetic long-range task
-#     bash run.sh smollm2-gsm8k     # one GPU: SmolLM2-135M-Instruct on GSM8K, then on the synthetic task at a
-#                                   # set binding distance; about 45 minutes on an H200 (results/README.md)
+#     bash run.sh tiny              # CPU, a few minutes: a toy byte-level model on a toy trace task
+#     bash run.sh trace             # one GPU: SmolLM2-135M-Instruct on the trace task (data/trace.py), where the
+#                                   # window binds inside the solution; SA vs SWA, controls, RL, the recall sweep
+#     bash run.sh smollm2-gsm8k     # one GPU: SmolLM2-135M-Instruct on GSM8K and the synthetic task
 #
-# Everything goes under runs/<preset>/ (or $RUNS/<preset>/): base/ (the starting model), <arm>-sft/ and
-# <arm>-rl/ for arm = sa, swa<W>, eval/ (evaluate.py's records and summary.json) and REPORT.md with its plots.
+# Everything goes under runs/<preset>/ (or $RUNS/<preset>/): base/ (the starting model), one directory per
+# training arm, eval/ (evaluate.py's greedy records and summary.json), eval-sampled/ (sampled at temperature 1),
+# and REPORT.md with its plots. Arms are named <attention>-<stage>[-<variant>][-seed<N>]: sa-sft, swa64-rl,
+# swa64-sft-oracle (SFT on window-style traces only), swa64-sft-mix0 (on full-style traces only), swa64-rl-random
+# (RL on a random reward), swa64-rl-seed1 (seed 1; seed 0 has no suffix).
 # Stopped runs continue: a stage that finished is skipped (runs/<preset>/done/), an interrupted training
 # stage resumes from its last checkpoint, and evaluation skips the problems it already scored.
 # `rm -rf runs/<preset>` starts over, and the same command can run in pieces, e.g. `timeout 600 bash run.sh
-# smollm2-gsm8k` repeated. Any variable set in a preset below can be overridden from the environment, an empty
-# value included: `WINDOWS="32" BASE_WINDOWS= bash run.sh smollm2-gsm8k`.
+# trace` repeated. Any variable set in a preset below can be overridden from the environment, an empty value
+# included: `SEEDS="0 1 2" CONTROLS= bash run.sh trace`.
 set -euo pipefail
 cd "$(dirname "$0")"
 
 preset=${1:-}
 case "$preset" in
   tiny)
-    # evaluate.py asks every question followed by a ~145-character instruction, so with the byte tokenizer
-    # even a gap-0 problem puts its numbers ~160 tokens before the answer. The window must cover that (W=192),
-    # and the long gap must exceed what two layers can relay (2 x (W-1) tokens): gaps 0 and 256.
-    : "${WINDOWS=192}"                 # SWA arms (keys per query, itself included)
-    : "${BASE_WINDOWS=64 128 256}"     # extra windows the untrained model is evaluated at
-    : "${GAPS=0,256}" "${N_TRAIN=2000}" "${N_TEST=64}"   # synthetic problems (gaps in tokens = characters)
-    : "${MAX_VALUE=9}"                 # one-digit values: the toy learns the sums, the window decides the recall
+    # A toy byte-level model (one token per character) on a toy trace task: 3 registers, 2-3 steps, no filler.
+    # A full-style solution copies values from up to two lines back (about 50 characters), a window-style one
+    # from one line back (about 36): a window of 40 binds the first and not the second; 120 binds neither.
+    : "${WINDOW=40}" "${CONTROL_WINDOW=120}" "${SINKS=4}"
+    : "${TRACE_ARGS=--registers 3 --steps 2,3 --filler 0}" "${N_TRAIN=1800}" "${N_TEST=200}" "${MIX=0.2}"
+    : "${SWEEP_ARGS=--registers 3 --steps 2,3 --filler 0,4,8,16,24 --n-test 100}"
     : "${DEVICE=cpu}"
+    : "${MODEL=dim=64 n_layers=2 n_heads=4 n_kv_heads=2 hidden_dim=176}"   # the toy's shape (model.Config)
     : "${PRE_ARGS=--steps 150 --lr 3e-3 --warmup-steps 10 --seq-len 1024 --batch-size 8}"  # "pretraining"
     : "${SFT_ARGS=--steps 30 --lr 1e-3 --warmup-steps 3 --seq-len 1024 --batch-size 8 --val-size 64}"
-    : "${RL_ARGS=--steps 8 --prompts-per-step 8 --group-size 4 --max-new-tokens 64 --lr 1e-4 --warmup-steps 1
-                  --eval-every 4 --eval-limit 32}"
-    : "${EVAL_ARGS=--limit $N_TEST --max-new-tokens 64 --batch-size 32}"
+    : "${RL_ARGS=--steps 8 --prompts-per-step 8 --group-size 4 --max-new-tokens 160 --lr 1e-4 --warmup-steps 1
+                  --eval-every 4 --eval-limit 32 --overlong-cache 0}"
+    : "${EVAL_ARGS=--max-new-tokens 160 --batch-size 64}"
+    : "${SAMPLED_ARGS=--samples 4 --temperature 1 --limit 50}"
+    : "${CONTROLS=oracle mix0 control-window}" "${SEEDS=0}" "${RL_ARMS=swa sa}"
+    ;;
+  trace)
+    # SmolLM2-135M on the trace task: 3 registers, 4-9 steps, 24 filler tokens per step (SmolLM2 tokens). A
+    # full-style solution copies over up to 124 tokens (1.9 W at W = 64), a window-style one over at most 52;
+    # a window of 192 binds neither. 4 attention sinks keep the converted model's perplexity near full
+    # attention's (README). The sweep feeds fillers of 0-40 tokens: copy distances from 52 to 172.
+    : "${WINDOW=64}" "${CONTROL_WINDOW=192}" "${SINKS=4}"
+    : "${TRACE_ARGS=--registers 3 --steps 4,9 --filler 24}" "${N_TRAIN=4000}" "${N_TEST=1000}" "${MIX=0.2}"
+    : "${SWEEP_ARGS=--registers 3 --steps 4,9 --filler 0,4,8,16,24,32,40 --n-test 350}"
+    : "${DEVICE=cuda}"
+    : "${SFT_ARGS=--epochs 2 --lr 1e-4 --warmup-steps 10 --seq-len 4096 --batch-size 8 --save-every 0}"
+    : "${RL_ARGS=--steps 20 --prompts-per-step 64 --group-size 8 --max-new-tokens 512 --gen-batch 512
+                  --batch-size 64 --lr 5e-6 --warmup-steps 2 --eval-every 0 --save-every 5 --overlong-cache 0}"
+    : "${EVAL_ARGS=--max-new-tokens 512 --batch-size 1024}"
+    : "${SAMPLED_ARGS=--samples 4 --temperature 1 --limit 250}"
+    : "${CONTROLS=oracle mix0 control-window}" "${SEEDS=0}" "${RL_ARMS=swa sa}"
     ;;
   smollm2-gsm8k)
     # A GSM8K prompt plus its solution is a few hundred tokens, so windows of 64 and 128 bind. The synthetic
@@ -52,7 +74,7 @@ case "$preset" in
     : "${EVAL_ARGS=--max-new-tokens 384 --batch-size 1024}"
     ;;
   *)
-    echo "usage: bash run.sh PRESET   (presets: tiny, smollm2-gsm8k)" >&2
+    echo "usage: bash run.sh PRESET   (presets: tiny, trace, smollm2-gsm8k)" >&2
     exit 2
     ;;
 esac
@@ -70,8 +92,12 @@ stage() {
   "$@"
   touch "$R/done/$name"
 }
-# --resume when an interrupted earlier invocation left a checkpoint of this training stage
-resume() { if [ -f "$1/trainer_state.pt" ]; then echo --resume; fi; }
+# --resume when an interrupted earlier invocation left a checkpoint of this training stage (a save cut between its
+# two renames is put back first)
+resume() {
+  python -c 'import sys, model; model.recover_checkpoint(sys.argv[1])' "$1"
+  if [ -f "$1/trainer_state.pt" ]; then echo --resume; fi
+}
 
 # experiment DIR TASK DATA_DIR EVAL_TASKS "WINDOWS" "SFT_ARGS" "RL_ARGS": SA and SWA arms from $R/base on
 # one training task, every evaluation the report needs, and DIR/REPORT.md.
@@ -102,23 +128,80 @@ experiment() {
   python analysis/report.py "$dir"
 }
 
+# trace_experiment: the trace task (data/trace.py) from $R/base. The SFT data mixes a fraction $MIX of
+# window-style traces into full-style ones (RL can only reinforce what the policy sometimes writes); the
+# controls train on one style only (oracle: all window style; mix0: all full style) or under a window that
+# binds nothing. Every SFT and RL arm is evaluated greedily (eval/) and sampled (eval-sampled/); the SA model is
+# also run under the windows; the recall sweep measures how far back each model recalls a value.
+trace_experiment() {
+  local D=$R/data tok=$R/base seed s arm win
+  local gen="python -m data.trace $TRACE_ARGS --n-train $N_TRAIN --n-test $N_TEST --test-style full --tokenizer $tok"
+  stage trace-data $gen --window-style-fraction "$MIX" --out-dir "$D/trace"
+  case " $CONTROLS " in *" oracle "*) stage trace-data-window $gen --window-style-fraction 1 --out-dir "$D/trace-window";; esac
+  case " $CONTROLS " in *" mix0 "*) stage trace-data-full $gen --window-style-fraction 0 --out-dir "$D/trace-full";; esac
+  stage trace-data-sweep python -m data.trace $SWEEP_ARGS --n-train 0 --test-style full --tokenizer "$tok" \
+    --out-dir "$D/trace-sweep"
+  local ev="python evaluate.py --tasks trace --data-dir $D --device $DEVICE $EVAL_ARGS"
+  # sft NAME WINDOW DATA SEED: one SFT arm and its evaluations
+  sft() {
+    stage "$1" python sft.py --ckpt "$tok" --out "$R/$1" --window "$2" --sinks "$SINKS" --data "$D/$3/train.jsonl" \
+      --device "$DEVICE" --eval-every 0 --seed "$4" $SFT_ARGS $(resume "$R/$1")
+    stage "eval-$1" $ev --out-dir "$R/eval" --ckpt "$R/$1"
+    stage "eval-sampled-$1" $ev --out-dir "$R/eval-sampled" --ckpt "$R/$1" $SAMPLED_ARGS
+  }
+  # rl NAME FROM WINDOW SEED [RL FLAGS]: one RL arm from the SFT arm FROM, and its evaluations
+  rl() {
+    local name=$1 from=$2 window=$3 seed=$4; shift 4
+    stage "$name" python rl.py --ckpt "$R/$from" --out "$R/$name" --window "$window" --task trace --data-dir "$D" \
+      --device "$DEVICE" --no-progress --seed "$seed" $RL_ARGS "$@" $(resume "$R/$name")
+    stage "eval-$name" $ev --out-dir "$R/eval" --ckpt "$R/$name"
+    stage "eval-sampled-$name" $ev --out-dir "$R/eval-sampled" --ckpt "$R/$name" $SAMPLED_ARGS
+  }
+  # Ordered so that a run cut short still answers the question: both SFT arms, then both RL arms, seed by seed,
+  # then the controls and the extra evaluations.
+  for seed in $SEEDS; do
+    s=$([ "$seed" = 0 ] || echo "-seed$seed")
+    sft "sa-sft$s" none trace "$seed"
+    sft "swa$WINDOW-sft$s" "$WINDOW" trace "$seed"
+    for arm in $RL_ARMS; do
+      win=$([ "$arm" = sa ] && echo none || echo "$WINDOW")
+      arm=$([ "$arm" = sa ] && echo sa || echo "swa$WINDOW")
+      rl "$arm-rl$s" "$arm-sft$s" "$win" "$seed"
+    done
+  done
+  for w in $WINDOW $CONTROL_WINDOW; do stage "eval-sa-sft-$w" $ev --out-dir "$R/eval" --ckpt "$R/sa-sft" --window "$w"; done
+  case " $CONTROLS " in *" oracle "*) sft "swa$WINDOW-sft-oracle" "$WINDOW" trace-window 0;; esac
+  case " $CONTROLS " in *" mix0 "*) sft "swa$WINDOW-sft-mix0" "$WINDOW" trace-full 0;; esac
+  case " $CONTROLS " in *" control-window "*) sft "swa$CONTROL_WINDOW-sft" "$CONTROL_WINDOW" trace 0;; esac
+  case " $CONTROLS " in *" random "*) rl "swa$WINDOW-rl-random" "swa$WINDOW-sft" "$WINDOW" 0 --reward random;; esac
+  stage recall python analysis/recall.py --data "$D/trace-sweep/test.jsonl" --out "$R/recall.json" --device "$DEVICE" \
+    --ckpt "$R/sa-sft" --ckpt "$R/swa$WINDOW-sft" $([ -d "$R/swa$WINDOW-sft-mix0" ] && echo --ckpt "$R/swa$WINDOW-sft-mix0")
+  stage recall-sa-window python analysis/recall.py --data "$D/trace-sweep/test.jsonl" --out "$R/recall.json" \
+    --device "$DEVICE" --ckpt "$R/sa-sft" --window "$WINDOW"
+  python analysis/report.py "$R"
+}
+
 if [ "$preset" = tiny ]; then
-  stage data python -m data.synthetic --n-train "$N_TRAIN" --n-test "$N_TEST" --gaps "$GAPS" --max-value "$MAX_VALUE" \
-    --out-dir "$R/data/synthetic"
-  stage init python - "$R/init" <<'EOF'
+  stage init python - "$R/init" $MODEL <<'EOF'
 import sys
 from model import Config, Transformer, save_checkpoint
 from tokenizer import toy_tokenizer
 tok = toy_tokenizer()
-cfg = Config(vocab_size=tok.vocab_size, dim=64, n_layers=2, n_heads=4, n_kv_heads=2, hidden_dim=176, window=None)
+shape = {k: int(v) for k, v in (a.split("=") for a in sys.argv[2:])}
+cfg = Config(vocab_size=tok.vocab_size, window=None, **shape)
 save_checkpoint(sys.argv[1], Transformer(cfg).init_weights(0), tok, {"stage": "init"})
 print(f"{sys.argv[1]}: {cfg}")
 EOF
-  # full attention on the synthetic train set stands in for a pretrained model
-  stage pretrain python sft.py --ckpt "$R/init" --out "$R/base" --window none --data "$R/data/synthetic/train.jsonl" \
+  # full attention on the training problems, half in each style, stands in for a pretrained model (the same
+  # seed as the experiment's data, so its test problems stay unseen)
+  stage pretrain-data python -m data.trace $TRACE_ARGS --n-train "$N_TRAIN" --n-test "$N_TEST" \
+    --window-style-fraction 0.5 --out-dir "$R/data/pretrain"
+  stage pretrain python sft.py --ckpt "$R/init" --out "$R/base" --window none --data "$R/data/pretrain/train.jsonl" \
     --device cpu --val-size 64 --eval-every 0 --save-every 0 $PRE_ARGS
-  SFT_ARGS="$SFT_ARGS --seed 1"
-  experiment "$R" synthetic "$R/data" synthetic "$WINDOWS" "$SFT_ARGS" "$RL_ARGS"
+  trace_experiment
+elif [ "$preset" = trace ]; then
+  stage convert python convert.py --src smollm2-135m-instruct --out "$R/base" --window none
+  trace_experiment
 else
   for t in gsm8k svamp asdiv; do
     [ -f "data/$t/test.jsonl" ] || stage prepare-data python -m data.prepare

@@ -39,7 +39,7 @@ from tqdm import tqdm
 
 from common import (METRICS_FILE, STATE_FILE, UserError, chat, close_distributed, evaluate_task, fail, load_state,
                     parse_window, print0, run_main, save_run)
-from model import head_loss, load_checkpoint
+from model import head_loss, load_checkpoint, recover_checkpoint
 
 DEFAULT_CKPT = "ckpt/smollm2-sa"
 DEFAULT_DATA = "data/gsm8k/train.jsonl"
@@ -292,6 +292,8 @@ def main(argv=None):
     master = rank == 0
 
     # Model: the checkpoint's weights under the requested window. With --resume, the weights come from --out.
+    if args.out:
+        recover_checkpoint(args.out)  # a save cut between its two renames leaves the newest copy beside --out
     if args.resume and args.out:
         if not os.path.isfile(os.path.join(args.out, STATE_FILE)):
             fail(f"nothing to resume: {args.out} has no {STATE_FILE} (run without --resume to start)")
@@ -305,6 +307,7 @@ def main(argv=None):
     model.set_window(window if args.window is not None else model.config.window, args.sinks)
     W, sinks = model.config.window, model.config.sinks
     out = args.out or ("ckpt/sft-sa" if W is None else f"ckpt/sft-swa{W}" + (f"-sink{sinks}" if sinks else ""))
+    recover_checkpoint(out)
     parent = os.path.abspath(args.ckpt)
     state = None
     if args.resume:

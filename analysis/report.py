@@ -90,7 +90,8 @@ def evaluations(summary, run_dir):
             window = None if window == "None" else int(window)
         stage = "base" if arm is None else arm.group(3)
         rows.append({"label": label, "entry": entry, "trained": trained, "stage": stage, "window": window,
-                     "sinks": int(sinks), "trained_window": trained_window})
+                     "sinks": int(sinks), "trained_window": trained_window,
+                     "replicate": bool(arm and (arm.group(4) or arm.group(5)))})  # a control or another seed
     rows.sort(key=lambda r: (r["window"] is not None, r["window"] or 0, r["sinks"],
                              {"base": 0, "sa": 1}.get(r["trained"], 2),
                              r["trained_window"] or 0, list(STAGES).index(r["stage"])))
@@ -470,32 +471,23 @@ def trace_table(run_dir, eval_dir, task="trace"):
     return [TRACE_COLUMNS, "|---" * 13 + "|", *lines] if lines else []
 
 
-def distance_table(run_dir, task="trace-sweep"):
-    """Accuracy against the copy distance that a full-style solution of the problem needs (the test set's
-    max_distance["full"], set by its filler), per checkpoint: how far a window-W model recalls through its layers."""
-    data = os.path.join(run_dir, "data", task, "test.jsonl")
-    summary_path = os.path.join(run_dir, "eval", "summary.json")
-    if not (os.path.exists(data) and os.path.exists(summary_path)):
+def recall_table(run_dir):
+    """Teacher-forced per-copy accuracy against copy distance (analysis/recall.py's <run>/recall.json): how far
+    back each checkpoint recalls a value, directly or through its layers."""
+    path = os.path.join(run_dir, "recall.json")
+    if not os.path.exists(path):
         return []
-    distance = {p["id"]: p["max_distance"]["full"] for p in read_jsonl(data)}
-    columns = sorted(set(distance.values()))
-    rows, _ = evaluations(load_json(summary_path), run_dir)
-    lines = []
-    for r in rows:
-        path = os.path.join(run_dir, "eval", r["label"], f"{task}.jsonl")
-        if not os.path.exists(path):
-            continue
-        by_distance = collections.defaultdict(list)
-        for rec in read_jsonl(path):
-            if rec["id"] in distance:
-                by_distance[distance[rec["id"]]].append(rec["correct"][0])
-        cells = [percent(sum(c) / len(c), binomial_se(sum(c) / len(c), len(c))) if c else "-"
-                 for c in (by_distance[d] for d in columns)]
-        lines.append(f"| {r['label']} | {window_text(r['window'])} | " + " | ".join(cells) + " |")
-    if not lines:
-        return []
-    return ["| checkpoint | window | " + " | ".join(f"distance {d} (%)" for d in columns) + " |",
-            "|---|---|" + "---|" * len(columns), *lines]
+    results = load_json(path)
+    los = sorted({b["lo"] for r in results.values() for b in r["bins"]})
+    width = next(b["hi"] - b["lo"] + 1 for r in results.values() for b in r["bins"])
+    lines = ["| checkpoint | window | " + " | ".join(f"{lo}-{lo + width - 1}" for lo in los) + " |",
+             "|---|---|" + "---|" * len(los)]
+    for label, r in results.items():
+        bins = {b["lo"]: b for b in r["bins"]}
+        cells = [f"{100 * bins[lo]['correct'] / bins[lo]['copies']:.1f}" if lo in bins else "-" for lo in los]
+        lines.append(f"| {label} | {window_text(r['window'])}" + (f" + {r['sinks']} sinks" if r["sinks"] else "")
+                     + " | " + " | ".join(cells) + " |")
+    return lines
 
 
 def trace_examples(run_dir, limit=2):
@@ -523,7 +515,7 @@ def trace_section(run_dir, logs, draw_plots):
     """The trace task's part of the report: trajectories per checkpoint (greedy and sampled), accuracy against the
     copy distance, the window's use over RL, and examples."""
     greedy, sampled, by_distance = trace_table(run_dir, "eval"), trace_table(run_dir, "eval-sampled"), \
-        distance_table(run_dir)
+        recall_table(run_dir)
     if not (greedy or sampled or by_distance):
         return []
     out = ["## How completions use the window (trace task)", "",
@@ -538,9 +530,11 @@ def trace_section(run_dir, logs, draw_plots):
         out += ["Sampled at temperature 1 (`eval-sampled/`): a mixed-style model's greedy decoding can hide the "
                 "style it writes less often.", "", *sampled, ""]
     if by_distance:
-        out += ["### Accuracy against copy distance", "", "Test problems of the `trace-sweep` set, grouped by the "
-                "largest copy distance their full-style solution needs (set by the filler per step); greedy, ± the "
-                "binomial standard error.", "", *by_distance, ""]
+        out += ["### Recall against copy distance", "", "Teacher-forced (analysis/recall.py): full-style reference "
+                "solutions with fillers of several lengths are fed as they are, and at every copy the model's most "
+                "likely token is compared with the value (accuracy in %, per bin of copy distance in tokens). A window-W "
+                "model attends a value directly only up to W - 1 tokens back; further back only through its layers.",
+                "", *by_distance, ""]
     series = {key: {arm: [(m["step"], m[key]) for m in lines if m.get(key) is not None] for arm, lines in logs.items()}
               for key in ("fits_window", "window_style")}
     if any(series["fits_window"].values()):
@@ -596,10 +590,10 @@ def build_report(run_dir, draw_plots=True):
             "all four models answered, ± its paired standard error; negative: RL narrowed the gap.", "",
             *rl_both_table(summary, windows, tasks, run_dir), ""]
 
-    # RL curves, one per arm: SA first, then by window (replicates such as swa64-rl-seed1 don't match ARM_RE)
-    arms = sorted((d for d in os.listdir(run_dir) if ARM_RE.match(d) and d.endswith("-rl")
+    # RL curves, one per arm: SA first, then by window, then variants and seeds
+    arms = sorted((d for d in os.listdir(run_dir) if ARM_RE.match(d) and ARM_RE.match(d).group(3) == "rl"
                    and os.path.exists(os.path.join(run_dir, d, "metrics.jsonl"))),
-                  key=lambda d: int(ARM_RE.match(d).group(2) or 0))
+                  key=lambda d: (int(ARM_RE.match(d).group(2) or 0), d))
     logs = {arm: read_jsonl(os.path.join(run_dir, arm, "metrics.jsonl")) for arm in arms}
 
     def first_last(points, spec):
@@ -640,7 +634,8 @@ def build_report(run_dir, draw_plots=True):
         for r in rows:
             p, _ = accuracy(summary, r["label"], main_task)
             # attention sinks change the model, and an SWA arm run under another window is not "its" window
-            if p is None or r["sinks"] or (r["trained"].startswith("swa") and r["window"] != r["trained_window"]):
+            if p is None or r["sinks"] or r["replicate"] or (r["trained"].startswith("swa")
+                                                             and r["window"] != r["trained_window"]):
                 continue
             x = len(evaluated) if r["window"] is None else evaluated.index(r["window"])
             series[names[r["trained"].rstrip("0123456789"), r["stage"]]].append((x, p))

@@ -107,7 +107,7 @@ def test_table(tmp_path):
     assert rows[0].startswith("| attention | window | stage | checkpoint | gsm8k accuracy (%) | svamp accuracy (%) |")
     assert [r.split(" | ")[3] for r in rows[1:]] == [
         "base-windowNone-sinks0", "sa-sft", "sa-rl", "base-window64-sinks0", "sa-sft-window64-sinks0", "swa64-sft",
-        "swa64-rl", "base-window128-sinks0", "swa128-sft", "swa128-rl"]
+        "swa64-rl", "swa64-rl-seed1", "base-window128-sinks0", "swa128-sft", "swa128-rl"]
     # accuracy ± sqrt(p(1-p)/n), n = 10; mean completion tokens averaged over tasks: (20 + 40) / 2
     assert rows[1] == ("| SA (full) | full | before SFT | base-windowNone-sinks0 | 50.0 ± 15.8 | 40.0 ± 15.5 | 30.0 "
                        "| 1000 | 0.50 |")
@@ -115,10 +115,10 @@ def test_table(tmp_path):
     assert rows[5] == ("| SWA | 64 | SFT (trained at full) | sa-sft-window64-sinks0 | 30.0 ± 14.5 | - | 20.0 | 1500 "
                        "| 0.30 |")
     assert rows[7] == "| SWA | 64 | SFT + RL | swa64-rl | 55.0 ± 15.7 | - | 20.0 | 1600 | 0.30 |"
-    assert rows[8] == "| SWA | 128 | before SFT | base-window128-sinks0 | 20.0 ± 12.6 | - | 20.0 | 1100 | 0.40 |"
-    assert "not in the table: swa64-rl-seed1." in text
+    assert rows[9] == "| SWA | 128 | before SFT | base-window128-sinks0 | 20.0 ± 12.6 | - | 20.0 | 1100 | 0.40 |"
+    assert "not in the table" not in text  # another seed is a row of its own
     rl = table_rows(section(text, "RL"))
-    assert [r.split(" | ")[0] for r in rl[1:]] == ["| sa-rl", "| swa64-rl", "| swa128-rl"]  # no replicate
+    assert [r.split(" | ")[0] for r in rl[1:]] == ["| sa-rl", "| swa64-rl", "| swa64-rl-seed1", "| swa128-rl"]
     assert rl[1] == "| sa-rl | 4 | 0.100 -> 0.400 | 0.100 -> 0.400 | 0.500 -> 0.600 | 49.0 -> 46.0 |"
 
 
@@ -218,10 +218,11 @@ def test_plots(tmp_path, monkeypatch):
     monkeypatch.setattr(report, "line_plot", recorded)
     report.main([str(run)])
     text = (run / "REPORT.md").read_text()
-    # one line per RL arm, SA first, the replicate left out; fabricate logs reward 0.1 * step + window / 1000
-    assert list(drawn["rl_reward.png"]) == ["sa-rl", "swa64-rl", "swa128-rl"]
+    # one line per RL arm and seed, SA first; fabricate logs reward 0.1 * step + window / 1000
+    assert list(drawn["rl_reward.png"]) == ["sa-rl", "swa64-rl", "swa64-rl-seed1", "swa128-rl"]
     assert drawn["rl_reward.png"] == {arm: [(s, 0.1 * s + window / 1000) for s in (1, 2, 3, 4)]
-                                      for arm, window in (("sa-rl", 0), ("swa64-rl", 64), ("swa128-rl", 128))}
+                                      for arm, window in (("sa-rl", 0), ("swa64-rl", 64), ("swa64-rl-seed1", 64),
+                                                          ("swa128-rl", 128))}
     assert drawn["rl_accuracy.png"]["swa64-rl"] == [(s, 0.4 + s / 20) for s in (2, 4)]  # held out, where logged
     assert drawn["rl_length.png"]["swa128-rl"] == [(1, 49.0), (2, 48.0), (3, 47.0), (4, 46.0)]
     assert "![gsm8k accuracy over RL (held out)](rl_accuracy.png)" in text
@@ -367,7 +368,7 @@ def test_trace_section_by_hand(tmp_path):
         os.makedirs(run / d)
         with open(run / d / "config.json", "w") as f:
             json.dump({"window": None if d.startswith(("base", "sa")) else 64, "sinks": 4}, f)
-    summary = {label: entry({"trace": task(0.5, n=2), "trace-sweep": task(0.5, n=2)})
+    summary = {label: entry({"trace": task(0.5, n=2)})
                for label in ("sa-sft", "swa64-sft", "swa64-rl")}
     os.makedirs(run / "eval")
     with open(run / "eval" / "summary.json", "w") as f:
@@ -379,13 +380,13 @@ def test_trace_section_by_hand(tmp_path):
                      trace_record("b", [True], [traj("full", True, 50, 0.0, 80)])]}
     for label, recs in records.items():
         os.makedirs(run / "eval" / label)
-        for t in ("trace", "trace-sweep"):
-            with open(run / "eval" / label / f"{t}.jsonl", "w") as f:
-                f.writelines(json.dumps(r) + "\n" for r in recs)
-    os.makedirs(run / "data" / "trace-sweep")
-    with open(run / "data" / "trace-sweep" / "test.jsonl", "w") as f:
-        for i, d in (("a", 124), ("b", 76)):
-            f.write(json.dumps({"id": i, "question": "q", "answer": "9", "max_distance": {"full": d, "window": 40}}) + "\n")
+        with open(run / "eval" / label / "trace.jsonl", "w") as f:
+            f.writelines(json.dumps(r) + "\n" for r in recs)
+    with open(run / "recall.json", "w") as f:
+        json.dump({"swa64-sft": {"window": 64, "sinks": 4, "bins": [{"lo": 48, "hi": 63, "copies": 4, "correct": 3},
+                                                                     {"lo": 112, "hi": 127, "copies": 2, "correct": 0}]},
+                   "sa-sft": {"window": None, "sinks": 0, "bins": [{"lo": 112, "hi": 127, "copies": 5, "correct": 5}]}},
+                  f)
     with open(run / "swa64-rl" / "metrics.jsonl", "w") as f:
         for step, fits in ((1, 0.25), (2, 0.75)):
             f.write(json.dumps({"step": step, "reward": 0.5, "accuracy": 0.5, "fits_window": fits,
@@ -395,8 +396,7 @@ def test_trace_section_by_hand(tmp_path):
     # mean largest distance (120 + 50) / 2 = 85; mean tokens 90
     assert "| swa64-sft | 64 | 2 | 50.0 | 50.0 | 100.0 | 0.0 | 0.0 | 100.0 | 0.0 | 0.00 | 85.0 | 90.0 |" in text
     assert "| swa64-rl | 64 | 2 | 100.0 | 100.0 | 100.0 | - | 50.0 | 50.0 | 0.0 | 1.50 | 51.0 | 105.0 |" in text
-    # the sweep: problem a needs distance 124, b 76
-    assert "| checkpoint | window | distance 76 (%) | distance 124 (%) |" in text
-    assert "| swa64-sft | 64 | 100.0 ± 0.0 | 0.0 ± 0.0 |" in text
+    assert "| checkpoint | window | 48-63 | 112-127 |" in text
+    assert "| swa64-sft | 64 + 4 sinks | 75.0 | 0.0 |" in text and "| sa-sft | full | - | 100.0 |" in text
     assert "| swa64-rl | 25.0 -> 75.0 | 12.5 -> 37.5 | 0.25 -> 0.75 |" in text
     assert "### a (answer 9)" in text and "swa64-rl: right, window style, largest copy distance 52, fits" in text
