@@ -37,6 +37,7 @@ case "$preset" in
                   --eval-every 4 --eval-limit 32 --overlong-cache 0}"
     : "${EVAL_ARGS=--max-new-tokens 160 --batch-size 64}"
     : "${SAMPLED_ARGS=--samples 4 --temperature 1 --limit 50}"
+    : "${MORE_SFT_ARGS=--steps 20 --lr 3e-4 --warmup-steps 1 --seq-len 1024 --batch-size 8 --val-size 64}"
     : "${CONTROLS=oracle mix0 control-window}" "${SEEDS=0}" "${RL_ARMS=swa sa}"
     ;;
   trace)
@@ -53,6 +54,8 @@ case "$preset" in
                   --batch-size 64 --lr 5e-6 --warmup-steps 2 --eval-every 0 --save-every 5 --overlong-cache 0}"
     : "${EVAL_ARGS=--max-new-tokens 512 --batch-size 1024}"
     : "${SAMPLED_ARGS=--samples 4 --temperature 1 --limit 250}"
+    # "more SFT": as many trained tokens as an RL arm (20 steps of 512 completions of prompt + ~400 tokens)
+    : "${MORE_SFT_ARGS=--steps 150 --lr 3e-5 --warmup-steps 5 --seq-len 4096 --batch-size 8 --save-every 0}"
     : "${CONTROLS=oracle mix0 control-window}" "${SEEDS=0}" "${RL_ARMS=swa sa}"
     ;;
   smollm2-gsm8k)
@@ -142,12 +145,13 @@ trace_experiment() {
   stage trace-data-sweep python -m data.trace $SWEEP_ARGS --n-train 0 --test-style full --tokenizer "$tok" \
     --out-dir "$D/trace-sweep"
   local ev="python evaluate.py --tasks trace --data-dir $D --device $DEVICE $EVAL_ARGS"
-  # sft NAME WINDOW DATA SEED: one SFT arm and its evaluations
+  # sft NAME WINDOW DATA SEED [FROM [SFT FLAGS]]: one SFT arm (from base/, or from the arm FROM) and its evaluations
   sft() {
-    stage "$1" python sft.py --ckpt "$tok" --out "$R/$1" --window "$2" --sinks "$SINKS" --data "$D/$3/train.jsonl" \
-      --device "$DEVICE" --eval-every 0 --seed "$4" $SFT_ARGS $(resume "$R/$1")
-    stage "eval-$1" $ev --out-dir "$R/eval" --ckpt "$R/$1"
-    stage "eval-sampled-$1" $ev --out-dir "$R/eval-sampled" --ckpt "$R/$1" $SAMPLED_ARGS
+    local name=$1 window=$2 data=$3 seed=$4 from=${5:-$tok} args=${6:-$SFT_ARGS}
+    stage "$name" python sft.py --ckpt "$from" --out "$R/$name" --window "$window" --sinks "$SINKS" \
+      --data "$D/$data/train.jsonl" --device "$DEVICE" --eval-every 0 --seed "$seed" $args $(resume "$R/$name")
+    stage "eval-$name" $ev --out-dir "$R/eval" --ckpt "$R/$name"
+    stage "eval-sampled-$name" $ev --out-dir "$R/eval-sampled" --ckpt "$R/$name" $SAMPLED_ARGS
   }
   # rl NAME FROM WINDOW SEED [RL FLAGS]: one RL arm from the SFT arm FROM, and its evaluations
   rl() {
@@ -174,6 +178,8 @@ trace_experiment() {
   case " $CONTROLS " in *" mix0 "*) sft "swa$WINDOW-sft-mix0" "$WINDOW" trace-full 0;; esac
   case " $CONTROLS " in *" control-window "*) sft "swa$CONTROL_WINDOW-sft" "$CONTROL_WINDOW" trace 0;; esac
   case " $CONTROLS " in *" random "*) rl "swa$WINDOW-rl-random" "swa$WINDOW-sft" "$WINDOW" 0 --reward random;; esac
+  case " $CONTROLS " in *" more "*)
+    sft "swa$WINDOW-sft-more" "$WINDOW" trace 0 "$R/swa$WINDOW-sft" "$MORE_SFT_ARGS";; esac
   stage recall python analysis/recall.py --data "$D/trace-sweep/test.jsonl" --out "$R/recall.json" --device "$DEVICE" \
     --ckpt "$R/sa-sft" --ckpt "$R/swa$WINDOW-sft" $([ -d "$R/swa$WINDOW-sft-mix0" ] && echo --ckpt "$R/swa$WINDOW-sft-mix0")
   stage recall-sa-window python analysis/recall.py --data "$D/trace-sweep/test.jsonl" --out "$R/recall.json" \
