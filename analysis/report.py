@@ -43,6 +43,8 @@ import os
 import re
 import sys
 
+import numpy as np
+
 # run as a script from analysis/, the repository's modules are one directory up
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from common import ARM_RE, LABEL_RE, fail, read_jsonl, run_main  # noqa: E402
@@ -558,6 +560,153 @@ def trace_section(run_dir, logs, draw_plots):
     return out
 
 
+# -- the experiment: SA and SWA, SFT and RL, over seeds -----------------------------------------------------
+
+T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
+         15: 2.131, 20: 2.086, 30: 2.042}  # the t distribution's 97.5% quantile by degrees of freedom
+
+
+def t_interval(values):
+    """(mean, half-width of the 95% t-interval over the values), the half-width None for fewer than two."""
+    n = len(values)
+    mean = sum(values) / n
+    if n < 2:
+        return mean, None
+    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+    t = T_975[max(d for d in T_975 if d <= n - 1)]  # conservative between tabulated degrees of freedom
+    return mean, t * sd / math.sqrt(n)
+
+
+def gap_closed(sa_sft, sa_rl, swa_sft, swa_rl):
+    """(G_SFT - G_RL) / G_SFT with G = SA - SWA accuracy; None when SFT left no gap (G_SFT ~ 0)."""
+    g_sft, g_rl = sa_sft - swa_sft, sa_rl - swa_rl
+    return None if abs(g_sft) < EPS else (g_sft - g_rl) / g_sft
+
+
+def seed_runs(run_dir, window, task="trace"):
+    """{seed: verdicts (4, n) of sa-sft, sa-rl, swa<W>-sft, swa<W>-rl on the problems all four answered, greedy}
+    for every seed whose four arms were evaluated (seed 0 has no suffix, seed s the suffix -seed<s>)."""
+    seeds = {0} | {int(m.group(5)) for d in os.listdir(os.path.join(run_dir, "eval"))
+                   if (m := ARM_RE.match(d)) and m.group(5) and not m.group(4)}
+    runs = {}
+    for seed in sorted(seeds):
+        s = "" if seed == 0 else f"-seed{seed}"
+        shared = shared_verdicts(run_dir, (f"sa-sft{s}", f"sa-rl{s}", f"swa{window}-sft{s}", f"swa{window}-rl{s}"), task)
+        if shared:
+            ids = sorted(shared[0])
+            runs[seed] = [[int(v[i]) for i in ids] for v in shared]
+    return runs
+
+
+def bootstrap_gap_closed(runs, n_boot=2000, seed=0):
+    """95% percentile interval of the mean gap closed, resampling seeds and, within each, problems (the four
+    models' verdicts on a problem stay together). None when too few resamples are defined."""
+    rng = np.random.default_rng(seed)
+    arrays = [np.array(v, dtype=float) for v in runs.values()]
+    means = []
+    for _ in range(n_boot):
+        values = []
+        for k in rng.integers(len(arrays), size=len(arrays)):
+            a = arrays[k]
+            acc = a[:, rng.integers(a.shape[1], size=a.shape[1])].mean(axis=1)
+            g = gap_closed(*acc)
+            if g is not None:
+                values.append(g)
+        if values:
+            means.append(sum(values) / len(values))
+    if len(means) < n_boot // 2:
+        return None
+    return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
+
+
+def fits_split(records, window):
+    """(fraction of completions that fit `window`, accuracy of those that fit, of those that do not) from
+    records with trajectories, whatever window the model ran under (every copy fits iff the largest does);
+    accuracies None for an empty group."""
+    pairs = [(t["max_distance"] is None or t["max_distance"] <= window - 1, ok)
+             for r in records for t, ok in zip(r.get("trajectories", []), r["correct"])]
+    fit = [ok for f, ok in pairs if f]
+    miss = [ok for f, ok in pairs if not f]
+    return (len(fit) / len(pairs) if pairs else None, sum(fit) / len(fit) if fit else None,
+            sum(miss) / len(miss) if miss else None)
+
+
+def shift_share(before, after):
+    """Split an accuracy change A1 - A0, with A = f a + (1 - f) b (f: fraction that fits, a / b: accuracy of those
+    that fit / do not), exactly into a shift term (f1 - f0)(a_mean - b_mean) and a within term
+    f_mean (a1 - a0) + (1 - f_mean)(b1 - b0). A group empty on one side takes the other side's accuracy (no
+    change within it). Returns (total, shift, within) or None."""
+    (f0, a0, b0), (f1, a1, b1) = before, after
+    if f0 is None or f1 is None:
+        return None
+    a0, a1 = (a0 if a0 is not None else a1), (a1 if a1 is not None else a0)
+    b0, b1 = (b0 if b0 is not None else b1), (b1 if b1 is not None else b0)
+    a0, a1, b0, b1 = (x or 0.0 for x in (a0, a1, b0, b1))  # a group empty on both sides weighs nothing
+    total = f1 * a1 + (1 - f1) * b1 - f0 * a0 - (1 - f0) * b0
+    f, a, b = (f0 + f1) / 2, (a0 + a1) / 2, (b0 + b1) / 2
+    return total, (f1 - f0) * (a - b), f * (a1 - a0) + (1 - f) * (b1 - b0)
+
+
+def experiment_section(run_dir, task="trace"):
+    """The primary comparison per seed (SA and SWA, SFT and RL), gap closed with intervals, and the mechanism:
+    whether RL moved the windowed model's sampled completions towards ones that fit its window."""
+    out = []
+    windows = sorted({int(m.group(2)) for d in os.listdir(run_dir) if (m := ARM_RE.match(d)) and m.group(2)
+                      and m.group(3) == "rl" and not m.group(4)})
+    for w in windows:
+        runs = seed_runs(run_dir, w, task)
+        if not runs:
+            continue
+        lines = [f"### SA against SWA-{w}, per seed", "", "Greedy accuracy (%) on the problems all four models "
+                 "answered; G = SA - SWA (points); gap closed = (G_SFT - G_RL) / G_SFT; recovered = (SWA-RL - "
+                 "SWA-SFT) / (SA-SFT - SWA-SFT). Fits: the share of sampled completions (`eval-sampled/`) whose every "
+                 f"copy is within {w - 1} tokens (window {w}), SFT -> RL; for SA too, which attends everything, as a "
+                 "measure of how its trajectories change.", "",
+                 "| seed | problems | SA SFT | SA RL | SWA SFT | SWA RL | G after SFT | G after RL | gap closed "
+                 "| recovered | SWA fits (%) | SA fits at W (%) |", "|---" * 12 + "|"]
+        closed = []
+        shifts = []
+        for seed, verdicts in runs.items():
+            acc = [sum(v) / len(v) for v in verdicts]
+            g = gap_closed(*acc)
+            closed += [g] if g is not None else []
+            rec = gap_recovered(acc[0], acc[2], acc[3])
+            s = "" if seed == 0 else f"-seed{seed}"
+
+            def sampled(label):
+                path = os.path.join(run_dir, "eval-sampled", label, f"{task}.jsonl")
+                return fits_split(read_jsonl(path), w) if os.path.exists(path) else (None, None, None)
+            swa = [sampled(f"swa{w}-sft{s}"), sampled(f"swa{w}-rl{s}")]
+            sa = [sampled(f"sa-sft{s}"), sampled(f"sa-rl{s}")]
+            split = shift_share(*swa)
+            if split:
+                shifts.append((seed, split))
+
+            def fits(pair):
+                return "-" if None in (pair[0][0], pair[1][0]) else f"{100 * pair[0][0]:.1f} -> {100 * pair[1][0]:.1f}"
+            lines.append(f"| {seed} | {len(verdicts[0])} | " + " | ".join(f"{100 * a:.1f}" for a in acc)
+                         + f" | {100 * (acc[0] - acc[2]):.1f} | {100 * (acc[1] - acc[3]):.1f} | {fmt(g, '.3f')} "
+                         f"| {fmt(rec, '.3f')} | {fits(swa)} | {fits(sa)} |")
+        lines.append("")
+        if closed:
+            mean, half = t_interval(closed)
+            boot = bootstrap_gap_closed(runs)
+            lines.append(f"Gap closed over {len(closed)} seed(s): mean {mean:.3f}"
+                         + (f", 95% t-interval [{mean - half:.3f}, {mean + half:.3f}]" if half is not None else
+                            " (one seed: no interval over seeds)")
+                         + (f"; bootstrap over seeds and problems [{boot[0]:.3f}, {boot[1]:.3f}]" if boot else "")
+                         + ".")
+            lines.append("")
+        if shifts:
+            lines += [f"Shift-share of SWA-{w}'s sampled accuracy change (points): the shift term is what more "
+                      "completions fitting the window is worth at their accuracy, the within term what changed within "
+                      "each kind.", "", "| seed | change | shift towards fitting | within |", "|---|---|---|---|"]
+            lines += [f"| {seed} | {100 * t:+.1f} | {100 * sh:+.1f} | {100 * wi:+.1f} |" for seed, (t, sh, wi) in shifts]
+            lines.append("")
+        out += lines
+    return (["## The experiment: does RL close the window's gap?", "", *out]) if out else []
+
+
 # -- the report ----------------------------------------------------------------------------------------------
 
 def build_report(run_dir, draw_plots=True):
@@ -649,6 +798,8 @@ def build_report(run_dir, draw_plots=True):
                     f"![{title}](accuracy_vs_window.png)", ""]
 
     traced = trace_section(run_dir, logs, draw_plots)
+    if os.path.isdir(os.path.join(run_dir, "eval")):
+        out += experiment_section(run_dir)
     out += traced or ["## Trajectories", "", *trajectories(run_dir, windows, tasks), ""]
     return "\n".join(out)
 

@@ -400,3 +400,32 @@ def test_trace_section_by_hand(tmp_path):
     assert "| swa64-sft | 64 + 4 sinks | 75.0 | 0.0 |" in text and "| sa-sft | full | - | 100.0 |" in text
     assert "| swa64-rl | 25.0 -> 75.0 | 12.5 -> 37.5 | 0.25 -> 0.75 |" in text
     assert "### a (answer 9)" in text and "swa64-rl: right, window style, largest copy distance 52, fits" in text
+
+
+def test_experiment_statistics_by_hand():
+    assert report.gap_closed(0.6, 0.7, 0.2, 0.5) == pytest.approx((0.4 - 0.2) / 0.4)
+    assert report.gap_closed(0.5, 0.7, 0.5, 0.5) is None  # no gap after SFT: nothing to close
+    mean, half = report.t_interval([0.2, 0.4, 0.6])
+    assert mean == pytest.approx(0.4) and half == pytest.approx(4.303 * 0.2 / math.sqrt(3))
+    assert report.t_interval([0.3]) == (0.3, None)
+    # A = f a + (1 - f) b: before f=0.2, a=0.8, b=0.1 -> 0.24; after f=0.6, a=0.7, b=0.1 -> 0.46
+    total, shift, within = report.shift_share((0.2, 0.8, 0.1), (0.6, 0.7, 0.1))
+    assert total == pytest.approx(0.46 - 0.24)
+    assert shift == pytest.approx(0.4 * (0.75 - 0.1)) and within == pytest.approx(0.4 * -0.1 + 0.6 * 0.0)
+    assert shift + within == pytest.approx(total)
+    # nothing fitted before: that group's accuracy is taken from after (no change within it)
+    total, shift, within = report.shift_share((0.0, None, 0.1), (0.5, 0.9, 0.1))
+    assert total == pytest.approx(0.5 - 0.1) and shift == pytest.approx(0.4) and within == pytest.approx(0.0)
+
+
+def test_bootstrap_gap_closed():
+    # SA right on all 40 problems after SFT and RL; SWA right on 20 after SFT and 30 after RL: closed 0.5 exactly
+    # when problems are not resampled; resampling spreads it around 0.5
+    sa = [1] * 40
+    swa_sft, swa_rl = [1] * 20 + [0] * 20, [1] * 30 + [0] * 10
+    runs = {0: [sa, sa, swa_sft, swa_rl]}
+    lo, hi = report.bootstrap_gap_closed(runs, n_boot=500)
+    assert lo < 0.5 < hi and hi - lo < 0.6
+    # a seed with no gap after SFT has no defined gap closed and is skipped in each resample
+    runs[1] = [sa, sa, sa, sa]
+    assert report.bootstrap_gap_closed(runs, n_boot=200) is not None
