@@ -7,6 +7,9 @@ The stages (convert.py, sft.py, rl.py, evaluate.py) import this module, model.py
 never each other.
 """
 import collections
+import contextlib
+import errno
+import hashlib
 import json
 import math
 import os
@@ -19,7 +22,7 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from data.answers import find_answer, is_correct, to_number
-from model import generate, save_checkpoint
+from model import checkpoint_files, generate, save_checkpoint
 
 STATE_FILE = "trainer_state.pt"  # optimizer, step, RNG: what --resume needs
 METRICS_FILE = "metrics.jsonl"  # one JSON line per step of a training run
@@ -48,6 +51,32 @@ def run_main(main):
         if e.filename is None:
             raise
         sys.exit(f"error: {e.filename}: {e.strerror or e}")
+
+
+@contextlib.contextmanager
+def writing(path):
+    """Name `path` in an OSError raised inside: a full disk fails a write() or close() with no file name, and
+    run_main can only report errors that name their file."""
+    try:
+        yield
+    except OSError as e:
+        if e.filename is None:
+            e.filename = path
+        raise
+
+
+def read_json(path):
+    """A JSON file that must hold an object; text that is not UTF-8 JSON is a UserError naming the file."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            value = json.load(f)
+    except UnicodeDecodeError:
+        fail(f"{path}: not UTF-8 text")
+    except json.JSONDecodeError as e:
+        fail(f"{path}:{e.lineno}: malformed JSON ({e.msg})")
+    if not isinstance(value, dict):
+        fail(f"{path}: expected a JSON object, not {type(value).__name__}")
+    return value
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -127,9 +156,11 @@ def apply_window(model, args):
 # ----------------------------------------------------------------------------------------------------------
 # JSONL files
 
-def read_jsonl(path, fields=None):
+def read_jsonl(path, fields=None, optional=None, check=None):
     """Rows of a JSONL file as dicts. fields {name: type or tuple of types}: each row must have them, of those
-    types. Every problem is reported as one UserError naming the file and line."""
+    types; optional {name: types}: a row may lack them, and holds them of those types. check(row), when given,
+    raises UserError for a row that is wrong in another way. Every problem is reported as one UserError naming
+    the file and line."""
     if not os.path.isfile(path):
         fail(f"{path} not found")
     rows = []
@@ -150,11 +181,23 @@ def read_jsonl(path, fields=None):
             for name, types in (fields or {}).items():
                 if name not in row:
                     fail(f"{path}:{lineno}: missing field {name!r}")
-                if not isinstance(row[name], types) or isinstance(row[name], bool) and bool not in _tuple(types):
-                    fail(f"{path}:{lineno}: field {name!r} must be {_type_names(types)}, "
-                         f"not {type(row[name]).__name__}")
+                _check_type(path, lineno, row, name, types)
+            for name, types in (optional or {}).items():
+                if name in row:
+                    _check_type(path, lineno, row, name, types)
+            if check is not None:
+                try:
+                    check(row)
+                except UserError as e:
+                    fail(f"{path}:{lineno}: {e}")
             rows.append(row)
     return rows
+
+
+def _check_type(path, lineno, row, name, types):
+    value = row[name]
+    if not isinstance(value, types) or isinstance(value, bool) and bool not in _tuple(types):
+        fail(f"{path}:{lineno}: field {name!r} must be {_type_names(types)}, not {type(value).__name__}")
 
 
 def _tuple(types):
@@ -163,7 +206,7 @@ def _tuple(types):
 
 def _type_names(types):
     names = {str: "a string", int: "an integer", float: "a number", list: "a list", dict: "an object",
-             bool: "true or false"}
+             bool: "true or false", type(None): "null"}
     return " or ".join(names.get(t, t.__name__) for t in _tuple(types))
 
 
@@ -171,7 +214,7 @@ def write_jsonl(path, rows):
     """Write atomically: a crash mid-write never leaves a truncated file behind."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
+    with writing(path), open(tmp, "w", encoding="utf-8") as f:
         f.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
     os.replace(tmp, path)
 
@@ -179,7 +222,7 @@ def write_jsonl(path, rows):
 def write_text(path, text):
     """Write atomically (temporary file, then rename)."""
     tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
+    with writing(path), open(tmp, "w", encoding="utf-8") as f:
         f.write(text)
     os.replace(tmp, path)
 
@@ -197,16 +240,24 @@ class MetricsLog:
     def log(self, row):
         self.history.append(row)
         if self.write:
-            with open(self.path, "a", encoding="utf-8") as f:
+            with writing(self.path), open(self.path, "a", encoding="utf-8") as f:
                 f.write(json.dumps(row) + "\n")
 
 
 def save_run(out, model, tokenizer, meta, state, history):
     """Checkpoint, trainer state and metrics in one atomic directory, so a crash never leaves weights without
     the optimizer state (or metrics) that match them."""
-    save_checkpoint(out, model, tokenizer, meta,
-                    extra_files={STATE_FILE: lambda path: torch.save(state, path),
-                                 METRICS_FILE: lambda path: write_jsonl(path, history)})
+    with writing(out):
+        save_checkpoint(out, model, tokenizer, meta,
+                        extra_files={STATE_FILE: lambda path: save_state(state, path),
+                                     METRICS_FILE: lambda path: write_jsonl(path, history)})
+
+
+def save_state(state, path):
+    try:
+        torch.save(state, path)
+    except RuntimeError as e:  # how torch reports a write that failed (a full disk): name the file, as OSError does
+        raise OSError(errno.EIO, f"cannot write ({str(e).strip()[:200]})", path) from e
 
 
 def load_state(path):
@@ -239,6 +290,35 @@ def eval_label(ckpt, config=None):
     return label if config is None else f"{label}-window{config.window}-sinks{config.sinks}"
 
 
+HEADER_BYTES = 65536  # hashed whole at the start of each weights file: the safetensors header lies there
+SAMPLE_BYTES = 4096  # one sampled chunk of a weights file
+SAMPLES_PER_FILE = 64
+
+
+def weights_id(ckpt):
+    """A short hash that tells one checkpoint's model from another's, cheaply: config.json, meta.json and the
+    tokenizer files whole; of each weights file its name, its size, its start (the safetensors header: every
+    tensor's name, dtype and shape) and chunks at evenly spaced offsets through the rest.
+
+    Why samples rather than the whole file: hashing hundreds of MB on every evaluation call would cost more than
+    evaluating a small task. Training changes every weight, so any chunk of a retrained checkpoint differs (and
+    its meta.json records a new step, metrics and timings); equal bytes give an equal id whatever the files'
+    dates or paths, so a copied checkpoint keeps its id where a hash of modification times would not."""
+    h = hashlib.sha256()
+    for name in ("config.json", "meta.json", "tokenizer_config.json", "tokenizer.tiktoken"):
+        with open(os.path.join(ckpt, name), "rb") as f:
+            h.update(name.encode() + b"\0" + f.read() + b"\0")
+    for path in checkpoint_files(ckpt):
+        size = os.path.getsize(path)
+        h.update(f"{os.path.basename(path)}\0{size}\0".encode())
+        with open(path, "rb") as f:
+            h.update(f.read(HEADER_BYTES))
+            for i in range(SAMPLES_PER_FILE):
+                f.seek(size * i // SAMPLES_PER_FILE)
+                h.update(f.read(SAMPLE_BYTES))
+    return h.hexdigest()[:16]
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Tasks: where a task's problems live and how a problem becomes a chat prompt, so that training asks exactly
 # what evaluation asks. A problem is a row {id, question, answer[, solution][, instruction]} of
@@ -250,6 +330,7 @@ DATA_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
 INSTRUCTION = ("Solve the problem step by step. Write the final answer at the end, after \"####\" "
                "(for example \"#### 42\") or inside \\boxed{}.")
 PROBLEM_FIELDS = {"id": (str, int), "question": str, "answer": (str, int, float)}
+PROBLEM_OPTIONAL = {"solution": str, "instruction": str}
 EVAL_TASK = {"math": "math500"}  # tasks without a test split of their own
 FEW_SHOT_SOURCE = {"math500": "math", "svamp": "gsm8k", "asdiv": "gsm8k"}  # benchmarks without a train split
 MAKE = {"synthetic": "python -m data.synthetic", "trace": "python -m data.trace"}  # else python -m data.prepare
@@ -274,11 +355,13 @@ def build_prompt(tokenizer, row, shots=()):
 
 
 def load_task(data_dir, task, split):
-    """The problems of data_dir/<task>/<split>.jsonl, checked: fields of the right types, ids unique."""
+    """The problems of data_dir/<task>/<split>.jsonl, checked: fields of the right types, ids unique, at least one."""
     path = os.path.join(data_dir, task, f"{split}.jsonl")
     if not os.path.exists(path):
         fail(f"{path} not found (run `{MAKE.get(task, 'python -m data.prepare')}` first)")
-    rows = read_jsonl(path, PROBLEM_FIELDS)
+    rows = read_jsonl(path, PROBLEM_FIELDS, PROBLEM_OPTIONAL)
+    if not rows:
+        fail(f"{path} holds no problems")
     seen = set()
     for row in rows:
         if row["id"] in seen:
@@ -311,16 +394,76 @@ RECORD_FIELDS = {"id": (str, int), "settings": dict, "correct": list, "majority_
                  "completion_tokens": list, "finished": list}
 
 
+PER_COMPLETION = ("correct", "completions", "answers", "completion_tokens", "finished", "trajectories")
+
+
+def check_record(record):
+    lengths = {len(record[k]) for k in PER_COMPLETION if isinstance(record.get(k), list)}
+    if len(lengths) != 1 or 0 in lengths:
+        fail(f"the lists {', '.join(k for k in PER_COMPLETION if k in record)} must hold one entry per completion")
+
+
+def read_records(path, fields=RECORD_FIELDS, optional=None):
+    """Per-problem records of an evaluation, checked (UserError naming the file and line)."""
+    return read_jsonl(path, fields, optional, check=check_record)
+
+
 def read_results(path):
     """Records of an earlier (possibly interrupted) evaluation. A partial last line from a crash is dropped."""
     if not os.path.exists(path):
         return []
-    with open(path, encoding="utf-8") as f:
-        text = f.read()
-    if text and not text.endswith("\n"):
-        text = text[:text.rfind("\n") + 1]
-        write_text(path, text)
-    return read_jsonl(path, RECORD_FIELDS)
+    with open(path, "rb") as f:
+        data = f.read()
+    if data and not data.endswith(b"\n"):
+        with writing(path), open(path + ".tmp", "wb") as f:
+            f.write(data[:data.rfind(b"\n") + 1])
+        os.replace(path + ".tmp", path)
+    return read_records(path)
+
+
+def eval_settings(config, samples=1, temperature=0.0, few_shot=0, max_new_tokens=512, weights=None):
+    """What an evaluation's records depend on besides the problem: records are only ever mixed with records of
+    the same settings. weights: common.weights_id of the checkpoint, when the records go to a file."""
+    settings = {"samples": samples, "temperature": temperature, "few_shot": few_shot,
+                "max_new_tokens": max_new_tokens, "window": config.window, "sinks": config.sinks}
+    return settings if weights is None else {**settings, "weights": weights}
+
+
+def check_results(path, settings):
+    """The records already in path, by problem id, made with exactly these settings; otherwise a UserError (and
+    the file is left as it is)."""
+    done = {}
+    for r in read_results(path):
+        old = r["settings"]
+        if old.get("weights") != settings.get("weights"):
+            fail(f"{path} holds records of other weights (id {old.get('weights') or 'not recorded'}, not "
+                 f"{settings.get('weights') or 'given'}): another checkpoint with the same label, or this one "
+                 "retrained; use another --out-dir")
+        if old != settings:
+            fail(f"{path} holds results made with settings {old}, not {settings}; use another --out-dir")
+        done[r["id"]] = r
+    return done
+
+
+def _is_number(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def read_summary(path):
+    """evaluate.py's summary.json, {label: {"tasks": {task: metrics}, "peak_memory_gb", "tokens_per_s", ...}},
+    checked: anything else is a UserError naming the file."""
+    summary = read_json(path)
+    for label, entry in summary.items():
+        if not label or not isinstance(entry, dict) or not isinstance(entry.get("tasks"), dict):
+            fail(f"{path}: entry {label!r} must be an object with a \"tasks\" object")
+        for task, metrics in entry["tasks"].items():
+            if not (isinstance(metrics, dict) and isinstance(metrics.get("n_problems"), int) and "accuracy" in metrics
+                    and all(v is None or _is_number(v) for v in metrics.values())):
+                fail(f"{path}: {label} {task}: metrics must be an object of numbers with n_problems and accuracy")
+        for key in ("peak_memory_gb", "tokens_per_s"):
+            if not (entry.get(key) is None or _is_number(entry[key])):
+                fail(f"{path}: {label}: {key} must be a number")
+    return summary
 
 
 def score(records, samples):
@@ -344,24 +487,22 @@ def score(records, samples):
 
 @torch.inference_mode()
 def evaluate_task(model, tokenizer, problems, max_new_tokens=512, batch_size=16, samples=1, temperature=0.0,
-                  shots=(), out_path=None, seed=0, progress=True, desc="eval", trajectory=None):
+                  shots=(), out_path=None, seed=0, progress=True, desc="eval", trajectory=None, ckpt=None,
+                  weights=None):
     """Generate answers for `problems` ({id, question, answer} dicts) and score them.
 
     samples > 1 draws that many completions per problem (use temperature > 0) and adds pass@k and maj@n.
-    With out_path, per-problem records are appended to that JSONL and problems already there are skipped.
+    With out_path, per-problem records are appended to that JSONL and problems already there are skipped; ckpt
+    (the checkpoint's path) and weights (its weights_id) are recorded with them, and records of other weights are
+    refused.
     trajectory(prompt_ids, completion_ids, tokenizer, window) -> dict, when given, is recorded per completion
     (data.trace.trajectory: how a trace-task completion uses the window).
     Returns a metrics dict: accuracy, n_problems, mean_completion_tokens, generated_tokens, tokens_per_s, ...
     """
-    settings = {"samples": samples, "temperature": temperature, "few_shot": len(shots),
-                "max_new_tokens": max_new_tokens, "window": model.config.window, "sinks": model.config.sinks}
+    settings = eval_settings(model.config, samples, temperature, len(shots), max_new_tokens, weights)
     done = {}
     if out_path is not None:
-        for r in read_results(out_path):
-            if r["settings"] != settings:
-                fail(f"{out_path} holds results made with settings {r['settings']}, not {settings}; "
-                     "use another --out-dir")
-            done[r["id"]] = r
+        done = check_results(out_path, settings)
         os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
     todo = [p for p in problems if p["id"] not in done]
     prompts = {p["id"]: build_prompt(tokenizer, p, shots) for p in todo}
@@ -401,19 +542,23 @@ def evaluate_task(model, tokenizer, problems, max_new_tokens=512, batch_size=16,
                           "majority_correct": any(ok for a, ok in zip(answers, correct)
                                                   if a is not None and answer_key(a) == majority),
                           "completion_tokens": [len(t) for t in outs], "finished": finished, "settings": settings}
+                if ckpt is not None:
+                    record["ckpt"] = ckpt
                 if trajectory is not None:
                     record["trajectories"] = [trajectory(prompts[p["id"]], t[:-1] if f else t, tokenizer,
                                                          model.config.window) for t, f in zip(outs, finished)]
                 done[p["id"]] = record
                 lines.append(json.dumps(record, ensure_ascii=False) + "\n")
             if out is not None:
-                out.write("".join(lines))
-                out.flush()
+                with writing(out_path):
+                    out.write("".join(lines))
+                    out.flush()
             bar.update(len(batch))
     finally:  # results so far are on disk; the caller's model goes back to the mode it was in
         bar.close()
         if out is not None:
-            out.close()
+            with writing(out_path):
+                out.close()
         model.train(was_training)
 
     metrics = score([done[p["id"]] for p in problems if p["id"] in done], samples)

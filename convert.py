@@ -22,6 +22,7 @@ attention and with the chosen window.
 --window source keeps the source's own attention (full, or Mistral/Qwen sliding windows from config.json).
 """
 import argparse
+import contextlib
 import dataclasses
 import glob
 import hashlib
@@ -37,8 +38,10 @@ import zipfile
 import numpy as np
 import torch
 import torch.nn.functional as F
+from safetensors import SafetensorError
 from safetensors.torch import load_file
 
+from common import UserError, fail, read_json, run_main
 from model import Config, Transformer, rope_frequencies, save_checkpoint
 from tokenizer import CHATML, Tokenizer
 
@@ -102,8 +105,20 @@ LLAMA3_CHAT = {"bos": "<|begin_of_text|>", "prefix": "<|start_header_id|>{role}<
                "eot": "<|eot_id|>", "sep": "", "default_system": None}
 
 
-def fail(msg):
-    raise SystemExit(f"error: {msg}")
+@contextlib.contextmanager
+def named(path):
+    """Inside, a missing or malformed field of the source file `path` (a KeyError, a TypeError, ...) and any
+    refusal become one UserError that names the file."""
+    try:
+        yield
+    except (UserError, ValueError) as e:  # UserError is a ValueError; json.JSONDecodeError too
+        if str(e).startswith(path):
+            raise
+        fail(f"{path}: {e}")
+    except KeyError as e:
+        fail(f"{path}: missing field {e}")
+    except (TypeError, AttributeError, IndexError, ArithmeticError) as e:
+        fail(f"{path}: malformed field ({type(e).__name__}: {e})")
 
 
 def sha256_file(path):
@@ -233,32 +248,35 @@ def hf_tokenizer(src, name):
     path = os.path.join(src, "tokenizer.json")
     if not os.path.isfile(path):
         fail(f"{src} has no tokenizer.json")
-    with open(path, encoding="utf-8") as f:
-        tj = json.load(f)
-    bpe = tj["model"]
-    if bpe.get("type") != "BPE" or bpe.get("byte_fallback"):
-        fail("tokenizer.json is not a byte-level BPE model (SentencePiece-style vocabularies are not supported)")
-    if (tj.get("normalizer") or {}).get("type") not in (None, "NFC"):
-        fail(f"unsupported tokenizer normalizer {tj['normalizer']['type']}")
-    if tj.get("normalizer"):
-        # NFC leaves text that is already NFC unchanged, which covers almost all text we feed the model.
-        print("note: the source tokenizer applies NFC normalization; swarr's tokenizer does not")
-    merges = [tuple(m.split(" ", 1)) if isinstance(m, str) else tuple(m) for m in bpe["merges"]]
-    special = {t["content"]: t["id"] for t in tj.get("added_tokens", [])}
-    ranks = mergeable_ranks(bpe["vocab"], merges, set(special.values()))
+    with named(path):
+        tj = read_json(path)
+        bpe = tj["model"]
+        if bpe.get("type") != "BPE" or bpe.get("byte_fallback"):
+            fail("not a byte-level BPE model (SentencePiece-style vocabularies are not supported)")
+        if (tj.get("normalizer") or {}).get("type") not in (None, "NFC"):
+            fail(f"unsupported tokenizer normalizer {tj['normalizer']['type']}")
+        if tj.get("normalizer"):
+            # NFC leaves text that is already NFC unchanged, which covers almost all text we feed the model.
+            print("note: the source tokenizer applies NFC normalization; swarr's tokenizer does not")
+        merges = [tuple(m.split(" ", 1)) if isinstance(m, str) else tuple(m) for m in bpe["merges"]]
+        special = {t["content"]: t["id"] for t in tj.get("added_tokens", [])}
+        ranks = mergeable_ranks(bpe["vocab"], merges, set(special.values()))
+        pattern = hf_pattern(tj.get("pre_tokenizer"))
     template = None
     config_path = os.path.join(src, "tokenizer_config.json")
     if os.path.isfile(config_path):
-        with open(config_path, encoding="utf-8") as f:
-            template = json.load(f).get("chat_template")
-    if isinstance(template, list):  # several named templates: the default one
-        template = next((t["template"] for t in template if t.get("name") == "default"), None)
+        with named(config_path):
+            template = read_json(config_path).get("chat_template")
+            if isinstance(template, list):  # several named templates: the default one
+                template = next((t["template"] for t in template if t.get("name") == "default"), None)
     jinja_path = os.path.join(src, "chat_template.jinja")
     if template is None and os.path.isfile(jinja_path):
-        with open(jinja_path, encoding="utf-8") as f:
+        with named(jinja_path), open(jinja_path, encoding="utf-8") as f:
             template = f.read()
-    chat = chat_template_from_jinja(template, special)
-    return Tokenizer(name, hf_pattern(tj.get("pre_tokenizer")), ranks, special, chat)
+    with named(src):
+        chat = chat_template_from_jinja(template, special)
+    with named(path):  # the pre-tokenizer's regex, and the chat format's end-of-turn token, must suit tiktoken
+        return Tokenizer(name, pattern, ranks, special, chat)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -277,8 +295,18 @@ def hf_config(cfg):
         fail(f"unknown architecture {arch!r} (supported: llama, mistral, qwen2, qwen3)")
     if cfg.get("hidden_act", "silu") != "silu" or cfg.get("mlp_bias"):
         fail(f"unsupported MLP (hidden_act {cfg.get('hidden_act')!r}, mlp_bias {cfg.get('mlp_bias')})")
+    for key in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size"):
+        if key not in cfg:
+            fail(f"missing field {key!r}")
+        if not isinstance(cfg[key], int) or isinstance(cfg[key], bool) or cfg[key] < 1:
+            fail(f"{key} must be a positive integer, got {cfg[key]!r}")
+    if not cfg.get("head_dim") and cfg["hidden_size"] % cfg["num_attention_heads"]:
+        fail(f"hidden_size ({cfg['hidden_size']}) must be a multiple of num_attention_heads "
+             f"({cfg['num_attention_heads']}) when head_dim is not given")
     # transformers 5 writes rope settings as rope_parameters; older configs use rope_theta + rope_scaling.
     rope = cfg.get("rope_parameters") or cfg.get("rope_scaling") or {}
+    if not isinstance(rope, dict):
+        fail(f"rope_parameters / rope_scaling must be an object, got {rope!r}")
     rope_type = rope.get("rope_type", rope.get("type", "default"))
     scaling = None
     if rope_type == "llama3":
@@ -325,12 +353,16 @@ def expected_names(f):
 
 
 def load_hf(src):
-    with open(os.path.join(src, "config.json")) as f:
-        fields, window, full_layers = hf_config(json.load(f))
+    config_path = os.path.join(src, "config.json")
+    with named(config_path):
+        fields, window, full_layers = hf_config(read_json(config_path))
+        Config(**fields)  # its checks, while the file they come from can still be named
     index = os.path.join(src, "model.safetensors.index.json")
     if os.path.isfile(index):
-        with open(index) as f:
-            files = sorted(set(json.load(f)["weight_map"].values()))
+        with named(index):
+            files = sorted(set(read_json(index)["weight_map"].values()))
+            if not all(isinstance(f, str) and f and os.path.basename(f) == f for f in files):
+                fail("weight_map must name files in the directory")
     else:
         files = [os.path.basename(p) for p in sorted(glob.glob(os.path.join(src, "*.safetensors")))]
     if not files:
@@ -339,14 +371,18 @@ def load_hf(src):
     for name in files:
         path = os.path.join(src, name)
         if not os.path.isfile(path):
-            fail(f"missing weights shard {path}")
-        for k, v in load_file(path).items():
+            fail(f"missing weights shard {path} (listed in {index})")
+        try:
+            shard = load_file(path)
+        except SafetensorError as e:  # truncated, or not a safetensors file
+            fail(f"{path} is not a readable safetensors file ({e})")
+        for k, v in shard.items():
             state[k.removeprefix("model.")] = v
     state = {k: v for k, v in state.items() if not k.endswith("rotary_emb.inv_freq")}
     if fields["tie_embeddings"]:
         state.pop("lm_head.weight", None)
     if "lm_head.weight" not in state and not fields["tie_embeddings"]:
-        fail("config says untied embeddings but there is no lm_head.weight")
+        fail(f"{config_path} says untied embeddings but there is no lm_head.weight")
     tok = hf_tokenizer(src, os.path.basename(os.path.normpath(src)))
     return fields, state, tok, window, full_layers
 
@@ -383,12 +419,17 @@ def llama3_scaling_from_factors(factors, fields):
 
 
 def load_gguf(path):
+    """(fields, state, tokenizer, None, []) of a GGUF file; anything wrong in it is a UserError naming the file."""
     import gguf
     try:
         reader = gguf.GGUFReader(path)
     except Exception as e:  # the gguf package raises bare ValueErrors etc. on a bad file
         fail(f"cannot read GGUF {path}: {e}")
+    with named(path):
+        return gguf_contents(gguf, reader, path)
 
+
+def gguf_contents(gguf, reader, path):
     def meta(key, default=None):
         field = reader.fields.get(key)
         return default if field is None else field.contents()
@@ -445,6 +486,7 @@ def load_gguf(path):
     ranks = mergeable_ranks({tok: i for i, tok in enumerate(tokens)}, merges, set(special.values()))
     chat = chat_template_from_jinja(meta("tokenizer.chat_template"), special)
     name = os.path.splitext(os.path.basename(path))[0]
+    Config(**fields)  # its checks, while the file the fields come from can still be named
     return fields, state, Tokenizer(name, GGUF_PRE_PATTERNS[pre], ranks, special, chat), None, []
 
 
@@ -582,12 +624,12 @@ def main(argv=None):
     missing = sorted(expected_names(fields) - set(state))
     extra = sorted(set(state) - expected_names(fields))
     if missing or extra:
-        fail(f"weights do not match the config: missing {missing[:3]}, unexpected {extra[:3]}")
+        fail(f"{src}: weights do not match the config: missing {missing[:3]}, unexpected {extra[:3]}")
     rows = state["embed_tokens.weight"].shape[0]
     if rows != fields["vocab_size"]:
-        fail(f"embedding has {rows} rows but the config says vocab_size {fields['vocab_size']}")
+        fail(f"{src}: embedding has {rows} rows but the config says vocab_size {fields['vocab_size']}")
     if tok.vocab_size > rows:
-        fail(f"tokenizer has ids up to {tok.vocab_size - 1} but the embedding has only {rows} rows")
+        fail(f"{src}: tokenizer has ids up to {tok.vocab_size - 1} but the embedding has only {rows} rows")
 
     dtype = getattr(torch, args.dtype)
     config = Config(**fields, sinks=args.sinks, full_layers=full_layers)
@@ -595,7 +637,7 @@ def main(argv=None):
         model = Transformer(config)
     for k, v in model.state_dict().items():
         if state[k].shape != v.shape:
-            fail(f"{k} has shape {tuple(state[k].shape)}, the config implies {tuple(v.shape)}")
+            fail(f"{src}: {k} has shape {tuple(state[k].shape)}, the config implies {tuple(v.shape)}")
     # Round to the saved dtype first, then compute in float32: the checks describe the weights we save.
     model.load_state_dict({k: v.to(dtype).float() for k, v in state.items()}, assign=True)
     model.inv_freq = rope_frequencies(config)  # buffers are not in the state dict; this one was on "meta"
@@ -629,4 +671,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

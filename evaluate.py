@@ -16,21 +16,26 @@ Outputs, under --out-dir (default eval/):
     summary.md             the same as a markdown table, one row per checkpoint
 An interrupted run resumes: problems already in <label>/<task>.jsonl are skipped (results are appended and
 flushed after every batch). The label is the checkpoint directory name, plus the window override if any.
+Every record and summary entry also holds the checkpoint's absolute path and common.weights_id, a hash of what
+the model is made of: records of other weights under the same label (another checkpoint of the same name, or
+this one retrained) are refused, never mixed in.
 
 Other stages call `evaluate_task(model, tokenizer, problems, ...)` for a quick accuracy check.
 """
 import argparse
 import json
+import math
 import os
 import random
 import resource
 
 import torch
 
-from common import (DATA_DIR, FEW_SHOT_SOURCE, add_window_args, apply_window, eval_label, evaluate_task, fail,
-                    load_task, run_main, write_text)
+from common import (DATA_DIR, FEW_SHOT_SOURCE, add_window_args, apply_window, check_results, eval_label,
+                    eval_settings, evaluate_task, fail, load_task, parse_window, read_summary, run_main, weights_id,
+                    write_text)
 from data import trace
-from model import load_checkpoint
+from model import load_checkpoint, load_config
 
 
 def peak_memory_gb(device):
@@ -57,7 +62,8 @@ def markdown_table(summary):
         lengths = [m["mean_completion_tokens"] for m in res["tasks"].values() if m.get("mean_completion_tokens")]
         mean_len = f"{sum(lengths) / len(lengths):.0f}" if lengths else "-"
         speed = f"{res['tokens_per_s']:.0f}" if res.get("tokens_per_s") else "-"
-        lines.append(f"| {label} | " + " | ".join(cells) + f" | {mean_len} | {speed} | {res['peak_memory_gb']:.2f} |")
+        memory = f"{res['peak_memory_gb']:.2f}" if res.get("peak_memory_gb") is not None else "-"
+        lines.append(f"| {label} | " + " | ".join(cells) + f" | {mean_len} | {speed} | {memory} |")
     return "\n".join(lines) + "\n"
 
 
@@ -84,31 +90,61 @@ def main(argv=None):
 
     if args.samples < 1 or args.batch_size < 1 or args.max_new_tokens < 1 or args.few_shot < 0:
         fail("--samples, --batch-size and --max-new-tokens must be >= 1, --few-shot >= 0")
+    if not (math.isfinite(args.temperature) and args.temperature >= 0):
+        fail(f"--temperature must be >= 0 (0 is greedy), got {args.temperature}")
     if args.samples > 1 and args.temperature <= 0:
         fail("--samples > 1 needs --temperature > 0 (greedy samples would all be equal)")
+    if args.limit is not None and args.limit < 1:
+        fail(f"--limit must be >= 1, got {args.limit}")
     tasks = [t for t in args.tasks.split(",") if t]
+    if not tasks:
+        fail(f"--tasks names no task (got {args.tasks!r})")
+    if len(set(tasks)) < len(tasks):
+        fail(f"--tasks names a task twice: {args.tasks}")
     problems = {t: load_task(args.data_dir, t, "test")[:args.limit] for t in tasks}
     shots = {}
     for t in tasks:
         if args.few_shot:
-            pool = load_task(args.data_dir, FEW_SHOT_SOURCE.get(t, t), "train")
+            source = FEW_SHOT_SOURCE.get(t, t)
+            pool = load_task(args.data_dir, source, "train")
+            if any("solution" not in p for p in pool):
+                fail(f"{os.path.join(args.data_dir, source, 'train.jsonl')}: --few-shot needs a \"solution\" in "
+                     "every problem")
             shots[t] = random.Random(args.seed).sample(pool, min(args.few_shot, len(pool)))
     dtype = getattr(torch, args.dtype or ("bfloat16" if args.device.startswith("cuda") else "float32"))
 
-    os.makedirs(args.out_dir, exist_ok=True)
     summary_path = os.path.join(args.out_dir, "summary.json")
-    summary = {}
-    if os.path.exists(summary_path):
-        with open(summary_path) as f:
-            summary = json.load(f)
+    summary = read_summary(summary_path) if os.path.exists(summary_path) else {}
+    # Before any generation: every checkpoint's label, and what identifies its weights. Records are keyed by the
+    # label, so one label must never hold the records of two different models.
+    overridden = args.window is not None or args.sinks is not None
+    runs, by_label = [], {}
     for ckpt in args.ckpt:
-        try:
-            model, tokenizer, meta = load_checkpoint(ckpt, device=args.device, dtype=dtype)
-        except ValueError as e:
-            fail(str(e))
+        config = load_config(ckpt)
+        if overridden:
+            config.window = config.window if args.window is None else parse_window(args.window)
+            config.sinks = config.sinks if args.sinks is None else args.sinks
+        label = eval_label(ckpt, config if overridden else None)
+        if label in by_label:
+            fail(f"--ckpt {by_label[label]} and --ckpt {ckpt} both get the label {label!r}, under which results "
+                 "are kept; evaluate them into different --out-dir")
+        by_label[label] = ckpt
+        weights = weights_id(ckpt)
+        if label in summary and summary[label].get("weights") != weights:
+            fail(f"{summary_path} holds results of {label!r} made by other weights (id "
+                 f"{summary[label].get('weights') or 'not recorded'}, from {summary[label].get('ckpt')}), not "
+                 f"{ckpt}'s ({weights}): a retrained checkpoint, or another one of the same name; use another "
+                 "--out-dir")
+        for t in tasks:
+            check_results(os.path.join(args.out_dir, label, f"{t}.jsonl"),
+                          eval_settings(config, args.samples, args.temperature, len(shots.get(t, ())),
+                                        args.max_new_tokens, weights))
+        runs.append((ckpt, label, weights))
+
+    os.makedirs(args.out_dir, exist_ok=True)
+    for ckpt, label, weights in runs:
+        model, tokenizer, meta = load_checkpoint(ckpt, device=args.device, dtype=dtype)
         apply_window(model, args)
-        overridden = args.window is not None or args.sinks is not None
-        label = eval_label(ckpt, model.config if overridden else None)
         if args.device.startswith("cuda"):
             torch.cuda.reset_peak_memory_stats()
         results, generated, seconds = {}, 0, 0.0
@@ -116,7 +152,8 @@ def main(argv=None):
             m = evaluate_task(model, tokenizer, problems[t], args.max_new_tokens, args.batch_size, args.samples,
                               args.temperature, shots.get(t, ()), os.path.join(args.out_dir, label, f"{t}.jsonl"),
                               args.seed, desc=f"{label} {t}",
-                              trajectory=trace.trajectory if trace.is_trace_task(t) else None)
+                              trajectory=trace.trajectory if trace.is_trace_task(t) else None,
+                              ckpt=os.path.abspath(ckpt), weights=weights)
             results[t] = m
             if m["tokens_per_s"]:
                 generated += m["generated_tokens"]
@@ -125,13 +162,14 @@ def main(argv=None):
                                                for k, v in m.items()))
         entry = summary.setdefault(label, {"tasks": {}})
         entry["tasks"].update(results)
-        entry.update({"ckpt": ckpt, "stage": meta.get("stage"), "peak_memory_gb": peak_memory_gb(args.device),
+        entry.update({"ckpt": os.path.abspath(ckpt), "weights": weights, "stage": meta.get("stage"),
+                      "peak_memory_gb": peak_memory_gb(args.device),
                       "tokens_per_s": generated / seconds if seconds else entry.get("tokens_per_s")})
         del model
-    write_text(summary_path, json.dumps(summary, indent=1) + "\n")
-    table = markdown_table(summary)
-    write_text(os.path.join(args.out_dir, "summary.md"), table)
-    print(table)
+        # after every checkpoint, so that a later one that fails to load loses none of this one's results
+        write_text(summary_path, json.dumps(summary, indent=1) + "\n")
+        write_text(os.path.join(args.out_dir, "summary.md"), markdown_table(summary))
+    print(markdown_table(summary))
 
 
 if __name__ == "__main__":

@@ -22,9 +22,10 @@ from dataclasses import asdict, dataclass, field, fields
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from swa_attention import compile_options, document_starts, grouped_sdpa, sliding_window_attention
+from swa_attention import IMPLS, compile_options, document_starts, grouped_sdpa, sliding_window_attention
 
 
 @dataclass
@@ -48,20 +49,62 @@ class Config:
     attn_impl: str = "auto"  # see swa_attention.py
 
     def __post_init__(self):
+        # A config may come from an edited file: every field is checked here, so a bad value is one line naming
+        # it rather than a shape or type error deep inside the model.
+        for name in ("vocab_size", "dim", "n_layers", "n_heads", "n_kv_heads", "hidden_dim"):
+            _check_int(name, getattr(self, name), 1)
         if self.head_dim is None:
+            if self.dim % self.n_heads:
+                raise ValueError(f"dim ({self.dim}) must be a multiple of n_heads ({self.n_heads}) when head_dim "
+                                 "is not given")
             self.head_dim = self.dim // self.n_heads
-        if self.window is not None and self.window < 1:
-            raise ValueError(f"window must be >= 1 or none, got {self.window}")
-        if self.sinks < 0:
-            raise ValueError(f"sinks must be >= 0, got {self.sinks}")
+        _check_int("head_dim", self.head_dim, 2)
+        if self.head_dim % 2:
+            raise ValueError(f"head_dim must be even (rotary embeddings turn pairs of dimensions), got {self.head_dim}")
+        if not _is_number(self.norm_eps) or self.norm_eps < 0:
+            raise ValueError(f"norm_eps must be a number >= 0, got {self.norm_eps!r}")
+        if not _is_number(self.rope_theta) or self.rope_theta <= 0:
+            raise ValueError(f"rope_theta must be a number > 0, got {self.rope_theta!r}")
+        if self.rope_scaling is not None:
+            _check_rope_scaling(self.rope_scaling)
+        for name in ("tie_embeddings", "qkv_bias", "qk_norm"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
+        if self.window is not None:
+            _check_int("window", self.window, 1, "or none")
+        _check_int("sinks", self.sinks, 0)
         if self.n_heads % self.n_kv_heads:
             raise ValueError(f"n_heads ({self.n_heads}) must be a multiple of n_kv_heads ({self.n_kv_heads})")
+        if not isinstance(self.full_layers, (list, tuple)) or not all(
+                isinstance(i, int) and not isinstance(i, bool) for i in self.full_layers):
+            raise ValueError(f"full_layers must be a list of layer indices, got {self.full_layers!r}")
         bad = [i for i in self.full_layers if not 0 <= i < self.n_layers]
         if bad:
             raise ValueError(f"full_layers {bad} out of range for {self.n_layers} layers")
+        if self.attn_impl not in IMPLS:
+            raise ValueError(f"attn_impl must be one of {', '.join(IMPLS)}, got {self.attn_impl!r}")
 
     def layer_window(self, layer):
         return None if layer in self.full_layers else self.window
+
+
+def _is_number(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _check_int(name, value, minimum, alternative=""):
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}{' ' + alternative if alternative else ''}, "
+                         f"got {value!r}")
+
+
+def _check_rope_scaling(s):
+    keys = ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
+    if not isinstance(s, dict) or s.get("rope_type", "llama3") != "llama3":
+        raise ValueError(f"rope_scaling must be null or Llama 3's {{{', '.join(keys)}}}, got {s!r}")
+    if not all(_is_number(s.get(k)) and s[k] > 0 for k in keys) or s["low_freq_factor"] == s["high_freq_factor"]:
+        raise ValueError(f"rope_scaling needs positive numbers {', '.join(keys)} (the two frequency factors "
+                         f"different), got {s!r}")
 
 
 class RMSNorm(nn.Module):
@@ -570,51 +613,89 @@ def save_checkpoint(out_dir, model, tokenizer, meta, shard_bytes=SHARD_BYTES, ex
         _fsync(parent)
 
 
-def load_checkpoint(path, device="cpu", dtype=None):
-    """Load (model, tokenizer, meta). A bad directory raises ValueError with one line saying what is wrong."""
-    from tokenizer import Tokenizer
+CHECKPOINT_FILES = ("config.json", "meta.json", "tokenizer_config.json", "tokenizer.tiktoken")
+SHAPE_KEYS = ("vocab_size", "dim", "n_layers", "n_heads", "n_kv_heads", "hidden_dim")  # no default fits a model
+
+
+def _check_directory(path):
+    from common import fail
     recover_checkpoint(path)
     if not os.path.isdir(path):
-        raise ValueError(f"checkpoint directory {path} does not exist")
-    for required in ("config.json", "meta.json", "tokenizer_config.json", "tokenizer.tiktoken"):
+        fail(f"checkpoint directory {path} does not exist")
+    for required in CHECKPOINT_FILES:
         if not os.path.isfile(os.path.join(path, required)):
-            raise ValueError(f"checkpoint {path} is missing {required}")
-    with open(os.path.join(path, "config.json")) as f:
-        raw = json.load(f)
+            fail(f"checkpoint {path} is missing {required}")
+
+
+def load_config(path):
+    """The Config of checkpoint directory `path`, checked: a missing directory or file, or a config.json that
+    does not describe a model, is a UserError naming the file."""
+    from common import fail, read_json
+    _check_directory(path)
+    config_path = os.path.join(path, "config.json")
+    raw = read_json(config_path)
     unknown = set(raw) - {f.name for f in fields(Config)}
     if unknown:
-        raise ValueError(f"checkpoint {path}: config.json has unknown keys {sorted(unknown)}")
-    config = Config(**raw)
+        fail(f"{config_path}: unknown keys {sorted(unknown)}")
+    missing = [k for k in SHAPE_KEYS if k not in raw]
+    if missing:
+        fail(f"{config_path}: missing keys {missing}")
+    try:
+        return Config(**raw)
+    except ValueError as e:
+        fail(f"{config_path}: {e}")
+
+
+def checkpoint_files(path):
+    """Paths of a checkpoint's weights files: model.safetensors, or the shards its index lists. A malformed index
+    or a missing file is a UserError naming it."""
+    from common import fail, read_json
     index = os.path.join(path, "model.safetensors.index.json")
     if os.path.isfile(index):
-        with open(index) as f:
-            files = sorted(set(json.load(f)["weight_map"].values()))
+        weight_map = read_json(index).get("weight_map")
+        if not isinstance(weight_map, dict) or not weight_map or not all(
+                isinstance(f, str) and f and os.path.basename(f) == f for f in weight_map.values()):
+            fail(f"{index}: \"weight_map\" must map tensor names to file names in the checkpoint directory")
+        files = sorted(set(weight_map.values()))
     else:
         files = ["model.safetensors"]
-    state = {}
     for fname in files:
-        fpath = os.path.join(path, fname)
-        if not os.path.isfile(fpath):
-            raise ValueError(f"checkpoint {path} is missing weights file {fname}")
-        state.update(load_file(fpath))
+        if not os.path.isfile(os.path.join(path, fname)):
+            fail(f"checkpoint {path} is missing weights file {fname}")
+    return [os.path.join(path, fname) for fname in files]
+
+
+def load_checkpoint(path, device="cpu", dtype=None):
+    """Load (model, tokenizer, meta). A bad directory raises UserError (a ValueError) with one line naming the file
+    that is wrong."""
+    from common import fail, read_json
+    from tokenizer import Tokenizer
+    config = load_config(path)
+    state = {}
+    for fpath in checkpoint_files(path):
+        try:
+            state.update(load_file(fpath))
+        except SafetensorError as e:  # truncated or not a safetensors file at all
+            fail(f"{fpath} is not a readable safetensors file ({e})")
     with torch.device("meta"):
         model = Transformer(config)
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     missing = sorted(set(expected) - set(state))
     extra = sorted(set(state) - set(expected))
     if missing or extra:
-        raise ValueError(f"checkpoint {path}: weights do not match config (missing {missing[:3]}, unexpected {extra[:3]})")
+        fail(f"checkpoint {path}: weights do not match config.json (missing {missing[:3]}, unexpected {extra[:3]})")
     for k, shape in expected.items():
         if tuple(state[k].shape) != shape:
-            raise ValueError(f"checkpoint {path}: {k} has shape {tuple(state[k].shape)}, config expects {shape}")
+            fail(f"checkpoint {path}: {k} has shape {tuple(state[k].shape)}, config.json expects {shape}")
+        if not state[k].is_floating_point():
+            fail(f"checkpoint {path}: {k} holds {state[k].dtype} values, not floating point weights")
     model.load_state_dict(state, assign=True)
     model.inv_freq = rope_frequencies(config)  # buffers are not saved; this one is still on "meta"
     model.to(device=device, dtype=dtype)
     tokenizer = Tokenizer.load(path)
     if tokenizer.vocab_size > config.vocab_size:
-        raise ValueError(f"checkpoint {path}: tokenizer has {tokenizer.vocab_size} tokens but the model only {config.vocab_size}")
-    with open(os.path.join(path, "meta.json")) as f:
-        meta = json.load(f)
+        fail(f"checkpoint {path}: tokenizer has {tokenizer.vocab_size} tokens but the model only {config.vocab_size}")
+    meta = read_json(os.path.join(path, "meta.json"))
     return model, tokenizer, meta
 
 

@@ -26,7 +26,6 @@ Output: --out is a checkpoint directory (rewritten every --save-every steps and 
 """
 import argparse
 import functools
-import json
 import math
 import os
 import random
@@ -37,8 +36,8 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from common import (METRICS_FILE, STATE_FILE, UserError, chat, close_distributed, evaluate_task, fail, load_state,
-                    parse_window, print0, run_main, save_run)
+from common import (METRICS_FILE, STATE_FILE, MetricsLog, chat, close_distributed, evaluate_task, fail, load_state,
+                    parse_window, print0, read_jsonl, run_main, save_run)
 from model import head_loss, load_checkpoint, recover_checkpoint
 
 DEFAULT_CKPT = "ckpt/smollm2-sa"
@@ -47,6 +46,9 @@ DEFAULT_DATA = "data/gsm8k/train.jsonl"
 
 # ----------------------------------------------------------------------------------------------------------
 # Data: JSONL rows -> (token ids, loss mask) -> packed rows
+
+ROW_OPTIONAL = {"id": (str, int), "question": str, "instruction": str, "answer": (str, int, float, type(None))}
+
 
 def to_messages(row):
     """A GSM8K-style row {question, solution[, answer]} or a chat row {messages: [...]} -> chat messages."""
@@ -58,8 +60,10 @@ def to_messages(row):
         if not ok:
             fail("\"messages\" must be a non-empty list of {\"role\": str, \"content\": str}")
         return messages
-    if not (isinstance(row.get("question"), str) and isinstance(row.get("solution"), str)):
-        fail("expected string fields \"question\" and \"solution\", or a \"messages\" list")
+    for name in ("question", "solution"):
+        if not isinstance(row.get(name), str):
+            fail(f"expected string fields \"question\" and \"solution\", or a \"messages\" list; "
+                 f"{name!r} is {'missing' if name not in row else type(row[name]).__name__}")
     solution = row["solution"].rstrip()
     if "####" not in solution and row.get("answer") is not None:
         solution += f"\n#### {row['answer']}"  # always end on the answer line evaluate.py extracts first
@@ -67,22 +71,11 @@ def to_messages(row):
 
 
 def load_rows(path):
+    """Training rows, each checked (common.read_jsonl: a bad row is one UserError naming the file and line)."""
     if not os.path.isfile(path):
         hint = "; make it with: python -m data.prepare" if path == DEFAULT_DATA else ""
         fail(f"data file {path} not found{hint}")
-    rows = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-                if not isinstance(row, dict):
-                    fail("expected a JSON object")
-                to_messages(row)
-            except ValueError as e:  # json.JSONDecodeError is a ValueError too
-                raise UserError(f"{path}:{lineno}: {e.msg if isinstance(e, json.JSONDecodeError) else e}") from None
-            rows.append(row)
+    rows = read_jsonl(path, optional=ROW_OPTIONAL, check=to_messages)
     if not rows:
         fail(f"data file {path} has no examples")
     return rows
@@ -225,6 +218,28 @@ def held_out_loss(model, val, rank, world, batch_size, device, loss_fn=None):
 
 # ----------------------------------------------------------------------------------------------------------
 
+def check_args(args):
+    """Refuse flags that would run something other than what they say, each with one line."""
+    if args.sinks is not None and args.sinks < 0:
+        fail(f"--sinks must be >= 0, got {args.sinks}")
+    for name in ("seq_len", "batch_size", "grad_accum", "eval_max_new_tokens"):
+        if getattr(args, name) < 1:
+            fail(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    for name in ("val_size", "warmup_steps", "eval_every", "eval_limit", "save_every"):
+        if getattr(args, name) < 0:
+            fail(f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
+    if args.steps is not None and args.steps < 1:  # zero would silently mean "from --epochs"
+        fail(f"--steps must be >= 1 (leave it out to train --epochs), got {args.steps}")
+    if not (math.isfinite(args.epochs) and args.epochs > 0):
+        fail(f"--epochs must be > 0, got {args.epochs}")
+    if not (math.isfinite(args.lr) and args.lr > 0 and math.isfinite(args.peak_flops) and args.peak_flops > 0):
+        fail("--lr and --peak-flops must be > 0")
+    if not (0 <= args.final_lr_frac <= 1 and 0 <= args.beta2 < 1):
+        fail("--final-lr-frac must be in [0, 1] and --beta2 in [0, 1)")
+    if not (args.weight_decay >= 0 and args.grad_clip >= 0):
+        fail("--weight-decay and --grad-clip must be >= 0")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -271,12 +286,8 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=0, help="data order and held-out split")
     args = parser.parse_args(argv)
 
+    check_args(args)
     window = None if args.window is None else parse_window(args.window)
-    if args.sinks is not None and args.sinks < 0:
-        fail(f"--sinks must be >= 0, got {args.sinks}")
-    for name in ("seq_len", "batch_size", "grad_accum"):
-        if getattr(args, name) < 1:
-            fail(f"--{name.replace('_', '-')} must be >= 1")
 
     # Distributed: torchrun sets RANK/WORLD_SIZE/LOCAL_RANK; without them this is a single-process run.
     ddp = "RANK" in os.environ and "WORLD_SIZE" in os.environ
@@ -316,7 +327,12 @@ def main(argv=None):
         if source != out:
             model, tokenizer, meta = load_checkpoint(out, device="cpu")
             model.set_window(W, sinks)
+        if meta.get("stage") != "sft":
+            fail(f"{out} is a {meta.get('stage')!r} checkpoint, not an sft one")
         state = load_state(os.path.join(out, STATE_FILE))
+        if not (isinstance(state, dict) and {"optimizer", "step", "history", "rng"} <= set(state)
+                and isinstance(state["step"], int)):
+            fail(f"{os.path.join(out, STATE_FILE)} is not a trainer state of sft.py")
         parent = meta.get("parent", parent)
     elif os.path.isfile(os.path.join(out, "meta.json")):
         fail(f"{out} already holds a checkpoint; pass --resume to continue it or choose another --out")
@@ -341,6 +357,11 @@ def main(argv=None):
         fail(f"{len(train)} training examples fill fewer than the {rows_per_step} rows of one step; "
                          "lower --batch-size, --grad-accum or --seq-len")
     total_steps = args.steps or max(1, round(args.epochs * steps_per_epoch))
+    if state is not None and state["step"] >= total_steps:
+        # Resuming a finished run: its last evaluation and save are done, and would be repeated.
+        print0(f"nothing to do: {out} is already at step {state['step']} of {total_steps}")
+        close_distributed()
+        return
     # Quick accuracy check on held-out problems that carry a reference answer.
     problems = [{"id": r.get("id", str(i)), "question": r["question"], "answer": str(r["answer"])}
                 for i, r in enumerate(val_rows) if "question" in r and r.get("answer") is not None][:args.eval_limit]
@@ -360,12 +381,15 @@ def main(argv=None):
                                   lr=args.lr, betas=(0.9, args.beta2), fused=device.type == "cuda")
     step, history = 0, []
     if state is not None:
-        optimizer.load_state_dict(state["optimizer"])
-        step, history = state["step"], state["history"]
-        torch.set_rng_state(state["rng"]["torch"])
-        random.setstate(state["rng"]["python"])
-        if device.type == "cuda" and state["rng"].get("cuda") is not None:
-            torch.cuda.set_rng_state(state["rng"]["cuda"])
+        try:
+            optimizer.load_state_dict(state["optimizer"])
+            step, history = state["step"], list(state["history"])
+            torch.set_rng_state(state["rng"]["torch"])
+            random.setstate(state["rng"]["python"])
+            if device.type == "cuda" and state["rng"].get("cuda") is not None:
+                torch.cuda.set_rng_state(state["rng"]["cuda"])
+        except (KeyError, TypeError, ValueError, RuntimeError) as e:  # another run's state, or not sft.py's
+            fail(f"{os.path.join(out, STATE_FILE)} does not fit this run ({type(e).__name__}: {e})")
         print0(f"resumed {out} at step {step}")
     else:
         torch.manual_seed(args.seed)
@@ -381,18 +405,10 @@ def main(argv=None):
 
     # FLOPs of a document depend on its own length (attention stays inside it): count those, not seq_len's.
     flops_per_token = functools.lru_cache(maxsize=None)(raw_model.flops_per_token)
-    metrics_path = os.path.join(out, METRICS_FILE)
-    if master:
-        os.makedirs(out, exist_ok=True)
-        # Lines written after the checkpoint we resume from (a crash between saves) are replaced, not repeated.
-        with open(metrics_path, "w") as f:
-            f.writelines(json.dumps(r) + "\n" for r in history)
-
-    def log(row):
-        history.append(row)
-        if master:
-            with open(metrics_path, "a") as f:
-                f.write(json.dumps(row) + "\n")
+    # Lines written after the checkpoint we resume from (a crash between saves) are replaced, not repeated.
+    metrics = MetricsLog(os.path.join(out, METRICS_FILE), history, write=master)
+    history = metrics.history
+    log = metrics.log
 
     def evaluate_now():
         row = {"step": step}

@@ -100,15 +100,50 @@ class Tokenizer:
 
     @classmethod
     def load(cls, directory):
-        with open(os.path.join(directory, "tokenizer_config.json")) as f:
-            config = json.load(f)
-        ranks = {}
-        with open(os.path.join(directory, "tokenizer.tiktoken")) as f:
-            for line in f:
-                if line.strip():
-                    token, rank = line.split()
-                    ranks[base64.b64decode(token)] = int(rank)
-        return cls(config["name"], config["pat_str"], ranks, config["special_tokens"], config["chat_template"])
+        """The tokenizer saved in `directory`, checked: a malformed file is a UserError naming it (and the line of
+        tokenizer.tiktoken), never a failure inside tiktoken."""
+        from common import fail, read_json
+        config_path = os.path.join(directory, "tokenizer_config.json")
+        config = read_json(config_path)
+        for key, kind in (("name", str), ("pat_str", str), ("special_tokens", dict), ("chat_template", dict)):
+            if not isinstance(config.get(key), kind):
+                fail(f"{config_path}: {key!r} must be {'a string' if kind is str else 'an object'}")
+        special = config["special_tokens"]
+        if not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in special.values()):
+            fail(f"{config_path}: special token ids must be integers >= 0")
+        template = {**CHATML, **config["chat_template"]}
+        if not all(isinstance(template[k], str) for k in ("bos", "prefix", "eot", "sep")) or not isinstance(
+                template["default_system"], (str, type(None))):
+            fail(f"{config_path}: chat_template's bos, prefix, eot and sep must be strings, default_system a string "
+                 "or null")
+        try:
+            template["prefix"].format(role="user")
+        except (KeyError, IndexError, ValueError):
+            fail(f"{config_path}: chat_template's prefix may hold no placeholder but {{role}}: {template['prefix']!r}")
+        path = os.path.join(directory, "tokenizer.tiktoken")
+        ranks, taken = {}, {}
+        with open(path, "rb") as f:
+            for lineno, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                parts = line.split()
+                try:
+                    token, rank = base64.b64decode(parts[0], validate=True), int(parts[1])
+                    if len(parts) != 2 or rank < 0:
+                        raise ValueError
+                except (ValueError, IndexError):  # binascii.Error is a ValueError
+                    fail(f"{path}:{lineno}: expected \"<base64 token> <rank>\"")
+                if token in ranks or rank in taken:
+                    fail(f"{path}:{lineno}: token or rank {rank} occurs twice")
+                ranks[token], taken[rank] = rank, token
+        clash = sorted(i for i in special.values() if i in taken)
+        if clash or len(set(special.values())) < len(special):
+            fail(f"{config_path}: special token ids must differ from each other and from the ranks of "
+                 f"tokenizer.tiktoken{f' (both use {clash[0]})' if clash else ''}")
+        try:
+            return cls(config["name"], config["pat_str"], ranks, special, config["chat_template"])
+        except ValueError as e:  # an invalid pat_str regex, or an end-of-turn token that is not special
+            fail(f"{config_path}: {e}")
 
 
 def lead_byte_range(b):

