@@ -1,5 +1,5 @@
 """
-Sliding-window attention, four ways.
+Sliding-window attention: the rule, a plain implementation of it, and faster ones with the same result.
 
 The rule, used everywhere in this project:
 
@@ -17,25 +17,22 @@ q is (B, Hq, T, D); k and v are (B, Hkv, S, D) with Hq a multiple of Hkv (groupe
 Query t sits at key index q_offset + t: the queries are the last T of the S keys when continuing a cache or
 prefilling in chunks. doc_ids is (B, S), one id per key.
 
-Paths:
-    chunked   pure PyTorch, O(T * window) memory, never a T x T matrix. Read this one first.
-    compiled  the chunked path under torch.compile.
+The paths (`impl`), in the order this file reads:
+    simple    the rule as code: each query gets its own window of keys and one softmax over them. Read first.
+    chunked   the optimization of simple: blocks of queries against shared key spans (views, not copies), in
+              fused SDPA kernels. O(T * window) memory, never a T x T matrix.
     sdpa      F.scaled_dot_product_attention with a dense (T x S) mask: the reference and fallback.
     flex      torch.nn.attention.flex_attention with a cached block mask: the fast GPU path.
+    compiled  the chunked path under torch.compile.
     auto      flash SDPA for plain full attention; on GPU sdpa for short sequences, else flex; chunked on CPU.
 
-Timings: `python bench/attention.py`.
+The specification every path is tested against is the float64 loop in tests/test_attention.py.
+Timings: bench/README.md.
 """
 import functools
 
 import torch
 import torch.nn.functional as F
-
-IMPLS = ("auto", "chunked", "compiled", "sdpa", "flex")
-# flex_attention compiles a kernel for every new shape, which takes seconds: worth it for long sequences and the
-# fixed shapes of SFT, not for rollouts and evaluation batches, which come in ever-new short lengths. Up to this
-# many scores per head, `auto` on a GPU takes the dense mask instead.
-DENSE_MAX_SCORES = 1024 * 1024
 
 
 def document_starts(doc_ids):
@@ -46,6 +43,47 @@ def document_starts(doc_ids):
     first[:, 1:] = doc_ids[:, 1:] != doc_ids[:, :-1]
     return torch.where(first, index, 0).cummax(dim=1).values
 
+
+# ----------------------------------------------------------------------------------------------------------
+# The simple path: the rule as code. Read this first.
+
+def simple_attention(q, k, v, window, sinks=0, q_offset=0, doc_ids=None):
+    """Every query gets its own copy of the W keys of its window (plus its sinks) and takes one softmax over
+    them. O(T * W) memory like the fast paths, but each key is copied W times (and once per query head that
+    shares it); `chunked_attention` below computes the same from views of the keys."""
+    B, Hq, T, D = q.shape
+    S, G = k.shape[2], Hq // k.shape[1]
+    end = q_offset + T
+    W = end if window is None else min(window, end)  # no window is longer than the keys before the last query
+    sinks = 0 if window is None else sinks
+    docs = torch.zeros(B, S, dtype=torch.long, device=q.device) if doc_ids is None else doc_ids
+    k, v = k.repeat_interleave(G, dim=1), v.repeat_interleave(G, dim=1)  # query head h reads key head h // G
+    # With W - 1 empty keys (document -1) in front, query i's window, keys i - W + 1 .. i, is padded keys
+    # i .. i + W - 1: unfold hands each query its own W keys, the last of them its own.
+    k_win, v_win = (F.pad(x, (0, 0, W - 1, 0)).unfold(2, W, 1)[:, :, q_offset:end] for x in (k, v))  # (B,H,T,D,W)
+    key_doc = F.pad(docs, (W - 1, 0), value=-1).unfold(1, W, 1)[:, q_offset:end]  # (B, T, W)
+    q_doc = docs[:, q_offset:end, None]  # (B, T, 1)
+    scores = torch.einsum("bhtd,bhtdw->bhtw", q, k_win)
+    allowed = key_doc == q_doc  # window keys in the query's document (padded slots, document -1, in none)
+    if sinks:
+        # The first `sinks` keys of the query's document, where they lie before its window (inside it, the
+        # window already has them). Those keys are in the query's document: documents are contiguous.
+        i = torch.arange(q_offset, end, device=q.device)[:, None]
+        j = document_starts(docs)[:, q_offset:end, None] + torch.arange(sinks, device=q.device)  # (B, T, sinks)
+        index = j.clamp(max=S - 1).view(B, 1, T * sinks, 1).expand(B, Hq, T * sinks, D)
+        k_sink, v_sink = (x.gather(2, index).view(B, Hq, T, sinks, D).transpose(3, 4) for x in (k, v))
+        scores = torch.cat([scores, torch.einsum("bhtd,bhtds->bhts", q, k_sink)], -1)
+        allowed = torch.cat([allowed, i - j >= W], -1)
+        v_win = torch.cat([v_win, v_sink], -1)
+    p = torch.softmax((scores / D ** 0.5).masked_fill(~allowed[:, None], float("-inf")), -1)
+    # A query always sees itself (a padding query sees the padding around it), so no row is empty; padding
+    # queries are zeroed here instead.
+    return torch.einsum("bhtw,bhtdw->bhtd", p, v_win) * (q_doc >= 0)[:, None]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The chunked path: simple_attention, optimized. The same result, but the keys are never copied per query:
+# blocks of queries share one span of keys, the spans are views, and SDPA's fused kernels do the softmax.
 
 def chunked_attention(q, k, v, window, sinks=0, q_offset=0, doc_ids=None):
     """Blocked sliding-window attention in plain PyTorch: O(T * window) work and memory, never a T x T matrix.
@@ -78,7 +116,11 @@ def chunked_attention(q, k, v, window, sinks=0, q_offset=0, doc_ids=None):
     k, v = k.reshape(B * Hkv, S, D), v.reshape(B * Hkv, S, D)
 
     P = _block_size(W)
+    # Whole blocks, so that the spans' gradients add back onto the keys as shifted slabs (KeySpans).
     L = -(-(P + W - 1) // P) * P  # a block's span: its own P keys and the W - 1 before, in whole blocks
+    # Three pieces of the queries. The head: the first queries, whose span would start before key 0; one block
+    # of its own size, its span cut at key 0. Then n whole blocks of P, every one against a span of L keys, all
+    # in one SDPA call under one band mask. The tail: the fewer than P queries left over, one more call.
     head = min(T, max(0, L - P - q_offset))  # the queries whose span would start before key 0
     n = (T - head) // P  # whole blocks after the head
     tail = T - head - n * P
@@ -100,14 +142,21 @@ def chunked_attention(q, k, v, window, sinks=0, q_offset=0, doc_ids=None):
     return torch.cat([o.flatten(2, 3) for o in out], dim=2).view(B, Hq, T, D)
 
 
+def _block_size(W):
+    # A block of P queries computes about P + W scores per query where at most W are needed, so small blocks
+    # waste less work. But in the backward pass every span gets its own gradient, (P + W) / P times the size
+    # of k (and of v). P = W / 2 computes 1.5x the scores needed and keeps that 3x.
+    return max(1, W // 2)
+
+
 class KeySpans(torch.autograd.Function):
     """The keys each block of queries sees, as views of x (N, S, D): for every (start, count, step, span), a
     (N, count, span, D) tensor whose row c is keys [start + c * step, start + c * step + span).
 
-    unfold makes the same views, but its backward, a generic kernel that sums the overlapping spans' gradients
-    back onto the keys, took more time than anything in the blocked path but the attention kernels. Spans of
-    whole steps add back as span / step shifted slabs instead, one strided add each, into one gradient for all
-    the pieces.
+    unfold makes the same views, but its backward is a generic kernel that sums the overlapping spans'
+    gradients back onto the keys, and it was the slowest part of the blocked path after the attention kernels
+    (timings: bench/README.md). Spans of whole steps add back as span / step shifted slabs instead, one strided
+    add each, into one gradient for all the pieces.
     """
 
     @staticmethod
@@ -128,13 +177,6 @@ class KeySpans(torch.autograd.Function):
                 keys = grad_x[:, start + s * step:start + (s + count) * step]
                 keys.view(N, count, step, D).add_(grad[:, :, s * step:(s + 1) * step])
         return grad_x, None
-
-
-def _block_size(W):
-    # A block of P queries computes about P + W scores per query where at most W are needed, so small blocks
-    # waste less work. But in the backward pass every span gets its own gradient, (P + W) / P times the size
-    # of k (and of v). P = W / 2 computes 1.5x the scores needed and keeps that 3x.
-    return max(1, W // 2)
 
 
 def band_mask(num_queries, num_keys, window, device=None):
@@ -223,6 +265,14 @@ def _chunked_masked(q, k, v, W, sinks, q_offset, doc_ids):
     return out.permute(0, 3, 2, 1, 4, 5).reshape(B, Hq, n * P, D)[:, :, :T]
 
 
+# ----------------------------------------------------------------------------------------------------------
+# Library paths. Each library states a window its own way, and the rule is converted where it is handed over:
+#   SDPA takes a boolean mask, True where a query may attend a key: `dense_mask` is the rule as that matrix.
+#   flex_attention asks mask_mod(b, h, q_idx, kv_idx) for the same bool, q_idx counting queries from 0: the
+#   rule's i is q_idx + q_offset, and window=None becomes a window of all S keys.
+#   Flash-attention-style kernels take window_size=(left, right), the keys beside the query, itself not
+#   counted: this project's W is window_size=(W - 1, 0). No path here calls one (bench/README.md says why).
+
 def dense_mask(T, S, window, sinks, q_offset, doc_ids, device):
     """The attention rule as a boolean (B or 1, T, S) matrix."""
     i = torch.arange(q_offset, q_offset + T, device=device)[:, None]
@@ -250,13 +300,12 @@ def sdpa_attention(q, k, v, window, sinks=0, q_offset=0, doc_ids=None):
 # band cuts tiles on both of its edges, and smaller tiles waste less there: at window 512 a query block of 128
 # computes 640 scores per query, one of 64 computes 576. For heads of up to 64 dimensions (SmolLM2's) the masks use
 # 64 x 64 blocks and the kernels are pinned to 64 x 64 tiles, forward and backward, so that every run and card
-# runs the same kernels; that made an SFT step 2.4% faster (bench/README.md). With 128-dimension heads the same
-# tiles made the backward pass slower (64k tokens: 4.84 against 4.33 ms at window 512, 23.8 against 19.4 at
-# window 4096), so wider heads keep 128 x 128 blocks and inductor's own kernels.
+# runs the same kernels; that made the SFT step faster. With 128-dimension heads the same tiles made the backward
+# pass slower, so wider heads keep 128 x 128 blocks and inductor's own kernels (timings: bench/README.md).
 # Inductor accepts 64 x 64 backward tiles for 64-dimension heads only when it autotunes (its Hopper default there
 # is 64 x 128), so code that compiles flex_attention for such heads passes compile_options(): autotuning on, the
-# matmuls left to cuBLAS (autotuning those takes minutes). Every candidate kernel is then the pinned one; the
-# reports on them are turned off.
+# matmuls left to cuBLAS (autotuning those too makes compiling far slower). Every candidate kernel is then the
+# pinned one; the reports on them are turned off.
 SMALL_TILES_MAX_HEAD_DIM = 64
 SMALL_TILE_KERNEL_OPTIONS = {"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_M1": 64, "BLOCK_N1": 64, "BLOCK_M2": 64,
                              "BLOCK_N2": 64, "num_warps": 4, "num_stages": 3}
@@ -282,16 +331,16 @@ def _cached_block_mask(B, T, S, window, sinks, q_offset, block, device):
 
 
 # Every layer of a forward pass asks for the same document mask, and building one is a pass over all B x T x S
-# pairs, which for packed SFT rows took longer than the layers' attention itself. So the last one is kept, for
-# the same doc_ids tensor, unmodified (its version counter), and the same shape.
+# pairs, which every layer would repeat. So the last one is kept, for the same doc_ids tensor, unmodified (its
+# version counter), and the same shape (timings: bench/README.md).
 _last_doc_mask = None
 
 
 # Inside a compiled block (sft.py --compile) the block mask is normally built by the block's own compiled code,
-# which is cheap. But traced into the block, a 16k x 16k mask had not finished compiling after four minutes,
-# while 4k x 4k compiles in seconds. Built outside the graph instead, the block's graph splits in two around
-# the attention, which cost 4% of an SFT step at 4k (bench/sft.py). So only masks over more query-key pairs than
-# this are built outside compiled code (once per shape, or per doc_ids tensor).
+# which is cheap for short rows. But the mask's construction is then compiled with the block, and for long rows
+# that compilation takes too long to wait for. Built outside the graph instead, the block's graph splits in two
+# around the attention, which costs a few percent of an SFT step. So only masks over more query-key pairs than
+# this are built outside compiled code (once per shape, or per doc_ids tensor); timings: bench/README.md.
 IN_GRAPH_MASK_MAX_SCORES = 4096 * 4096
 
 
@@ -356,9 +405,20 @@ def flex_attention(q, k, v, window, sinks=0, q_offset=0, doc_ids=None):
     return flex_eager(q, k, v, block_mask=block_mask, enable_gqa=q.shape[1] != k.shape[1])
 
 
+# The compiled path: the chunked path's operations, fused by inductor.
 @functools.cache
 def _compiled_chunked():
     return _compile(chunked_attention)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Choosing a path.
+
+IMPLS = ("auto", "simple", "chunked", "compiled", "sdpa", "flex")
+# flex_attention compiles a kernel for every new shape, which takes seconds: worth it for long sequences and the
+# fixed shapes of SFT, not for rollouts and evaluation batches, which come in ever-new short lengths. Up to this
+# many scores per head, `auto` on a GPU takes the dense mask instead.
+DENSE_MAX_SCORES = 1024 * 1024
 
 
 def sliding_window_attention(q, k, v, window, sinks=0, impl="auto", q_offset=0, doc_ids=None):
@@ -377,6 +437,8 @@ def sliding_window_attention(q, k, v, window, sinks=0, impl="auto", q_offset=0, 
             impl = "sdpa"
         else:
             impl = "flex"
+    if impl == "simple":
+        return simple_attention(q, k, v, window, sinks, q_offset, doc_ids)
     if impl == "chunked":
         return chunked_attention(q, k, v, window, sinks, q_offset, doc_ids)
     if impl == "compiled":

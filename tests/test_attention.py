@@ -4,6 +4,9 @@ import torch
 
 from swa_attention import KeySpans, document_starts, sliding_window_attention
 
+# The specification: `reference` below is the rule itself, one query and one key at a time in float64. Every path
+# in swa_attention.py, from impl="simple" (the same rule, vectorised) to flex_attention, is checked against it.
+
 
 def reference(q, k, v, window, sinks, q_offset, doc_ids):
     """query i attends key j iff same document, j <= i and (i - j < window or j is one of the first `sinks`)."""
@@ -46,6 +49,8 @@ CASES = [  # T, q_offset, window, sinks, Hq, Hkv, docs
     (12, 0, 3, 1, 2, 1, "left_pad"),
     (17, 0, 5, 2, 4, 2, "packed"),
     (12, 0, None, 0, 2, 2, "packed"),
+    (8, 4, 3, 2, 4, 2, "packed"),  # packed documents, sinks and GQA, the queries at an offset
+    (8, 4, 3, 6, 4, 1, "left_pad"),  # padding, sinks > window, at an offset
     # Blocks of the chunked path (no documents, no sinks): a head whose window reaches key 0, whole blocks, a tail.
     (3, 0, 4, 0, 2, 2, None),  # fewer queries than the window: the head is everything
     (8, 0, 4, 0, 2, 1, None),  # the queries after the head fill whole blocks; GQA in the causal head
@@ -70,7 +75,7 @@ def make_docs(kind, B, S):
     return docs
 
 
-@pytest.mark.parametrize("impl", ["chunked", "sdpa", "auto"])
+@pytest.mark.parametrize("impl", ["simple", "chunked", "sdpa", "auto"])
 @pytest.mark.parametrize("case", CASES)
 def test_matches_reference_with_gradients(impl, case):
     T, q_offset, window, sinks, Hq, Hkv, kind = case
@@ -131,7 +136,8 @@ def test_flex_document_mask_follows_the_documents():
     torch.testing.assert_close(out, reference(q, k, v, window, 1, 0, other), rtol=1e-9, atol=1e-9)
 
 
-def test_chunked_strided_inputs_and_later_keys():
+@pytest.mark.parametrize("impl", ["simple", "chunked"])
+def test_strided_inputs_and_later_keys(impl):
     # The model's q, k, v are transposed views of (B, T, H, D) tensors, and keys may go on past the last query.
     torch.manual_seed(3)
     B, Hq, Hkv, T, q_offset, S, D = 2, 4, 2, 11, 3, 19, 8
@@ -139,7 +145,7 @@ def test_chunked_strided_inputs_and_later_keys():
     k = torch.randn(B, S, Hkv, D, dtype=torch.float64, requires_grad=True)
     v = torch.randn(B, S, Hkv, D, dtype=torch.float64, requires_grad=True)
     args = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
-    out = sliding_window_attention(*args, 4, impl="chunked", q_offset=q_offset)
+    out = sliding_window_attention(*args, 4, impl=impl, q_offset=q_offset)
     assert_same_with_gradients(out, reference(*args, 4, 0, q_offset, None), (q, k, v))
 
 
