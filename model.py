@@ -12,6 +12,7 @@ constant however long the output; full-attention layers keep a full cache.
 Try it (a tiny random model on the CPU):
     python model.py
 """
+import functools
 import json
 import math
 import os
@@ -24,6 +25,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
+from torch.nn.attention.flex_attention import BlockMask, flex_attention
 
 from swa_attention import IMPLS, compile_options, document_starts, grouped_sdpa, sliding_window_attention
 
@@ -141,15 +143,47 @@ def apply_rope(x, cos, sin):
     return (x * cos + torch.cat([-x2, x1], dim=-1) * sin).to(x.dtype)
 
 
+# How a decoding step (one new token per row) attends over the cache. bench/rollout.py times them side by side.
+#   per_layer  every layer builds its mask from the slot positions and calls SDPA (the original path)
+#   sdpa       the mask is built once per step and shared by the layers with the same slot layout (all sliding-window
+#              layers; all full layers); SDPA picks its kernel
+#   math       the same shared mask as an additive bias; scores, softmax and weighted sum as plain matmuls
+#   flex       flex_attention's decoding kernel (split-KV flash decoding) with one block mask per slot layout; it reads
+#              only the key blocks a row has filled, so a full-attention step costs what the rows' prefixes cost, not
+#              what the cache could hold
+#   auto       flex on a GPU; sdpa elsewhere (off the GPU flex_attention is an unfused reference implementation)
+DECODE_ATTENTION = "auto"
+DECODE_IMPLS = ("auto", "per_layer", "sdpa", "math", "flex")
+FLEX_DECODE_BLOCK = 128  # keys per block of the flex block mask: the granularity at which unfilled slots are skipped
+
+
+def decode_impl(device):
+    if DECODE_ATTENTION not in DECODE_IMPLS:
+        raise ValueError(f"unknown DECODE_ATTENTION {DECODE_ATTENTION!r}; choose from {', '.join(DECODE_IMPLS)}")
+    if DECODE_ATTENTION == "auto":
+        return "flex" if device.type == "cuda" else "sdpa"
+    return DECODE_ATTENTION
+
+
+class DecodeStep:
+    """What the layers with the same slot layout share in a decoding step: the slot each row's new token takes and
+    the keys each row may attend. The first of those layers computes them; the others reuse them."""
+
+    def __init__(self):
+        self.positions = None  # the step's positions tensor (the same object for every layer of one forward pass)
+        self.slots = self.mask = self.allowed = self.block_mask = None
+
+
 class LayerCache:
     """Keys and values one layer keeps during generation.
 
     Position p lives in slot p for full layers. Sliding-window layers keep `sinks` fixed slots plus a ring of
     `window` slots (slot sinks + (p - sinks) % window). `positions` records what each slot holds (-1: empty),
     which is all the attention mask needs. One extra slot at the end receives writes that must be dropped.
+    Layers with the same window lay out their slots alike and hold the same positions; `shared` is their DecodeStep.
     """
 
-    def __init__(self, batch, n_kv_heads, head_dim, window, sinks, max_len, dtype, device):
+    def __init__(self, batch, n_kv_heads, head_dim, window, sinks, max_len, dtype, device, shared=None):
         self.window, self.sinks = window, sinks
         self.ring = window is not None and window + sinks < max_len
         self.n_slots = window + sinks if self.ring else max_len
@@ -157,9 +191,12 @@ class LayerCache:
         self.v = torch.zeros_like(self.k)
         self.positions = torch.full((batch, self.n_slots + 1), -1, dtype=torch.long, device=device)
         self.empty = True
+        self.shared = DecodeStep() if shared is None else shared
 
     def attend(self, q, k, v, positions):
         """Attention of new queries over the cached keys plus the new keys; the new keys are stored."""
+        if q.shape[2] == 1 and decode_impl(q.device) != "per_layer":
+            return self.decode(q, k, v, positions)
         if q.shape[2] == 1:
             # One new token per row (decoding): the slot it takes held a key already outside its window, so
             # store first and attend over the cache in place rather than copying the cache every step.
@@ -199,13 +236,112 @@ class LayerCache:
         self.positions[:, self.n_slots] = -1
         self.empty = False
 
+    def decode(self, q, k, v, positions):
+        """One new token per row (positions (B, 1), -1 for padding): store it, then attend over the cache with the
+        step's shared mask. Returns (B, Hq, 1, D)."""
+        impl, step, n = decode_impl(q.device), self.shared, self.n_slots
+        first = step.positions is not positions
+        if first:
+            step.positions = positions
+            slots = positions.clamp(min=0)
+            if self.ring:
+                slots = torch.where(slots < self.sinks, slots, self.sinks + (slots - self.sinks) % self.window)
+            step.slots = torch.where(positions >= 0, slots, n)  # padding writes into the extra slot
+        B, Hkv, _, D = k.shape
+        index = step.slots[:, :, None, None].expand(B, Hkv, 1, D)
+        self.k.scatter_(2, index, k.to(self.k.dtype))
+        self.v.scatter_(2, index, v.to(self.v.dtype))
+        self.positions.scatter_(1, step.slots, positions)
+        if first:
+            self.share_mask(positions, impl, q.shape[1] // k.shape[1])
+        keys, values = self.k[:, :, :n], self.v[:, :, :n]
+        Hq = q.shape[1]
+        # The G query heads that share a key head become G queries against it: keys are never repeated per head.
+        rows = q.reshape(B, Hkv, Hq // Hkv, D)
+        if impl == "sdpa":
+            out = F.scaled_dot_product_attention(rows, keys, values, attn_mask=step.mask)
+        elif impl == "math":
+            scores = torch.matmul(rows, keys.transpose(-1, -2)).to(step.mask.dtype) * D ** -0.5 + step.mask
+            out = torch.matmul(scores.softmax(-1).to(values.dtype), values)
+        else:
+            out = flex_decode(rows, keys, values, step.block_mask)
+        return out.reshape(B, Hq, 1, D)
+
+    def share_mask(self, positions, impl, queries):
+        """The keys each row may attend in this step, from the slots' positions (this layer's new token stored), in
+        the form `impl` takes for `queries` queries per key head; kept in self.shared for the other layers."""
+        step, n = self.shared, self.n_slots
+        kpos = self.positions[:, :n]
+        allowed = (kpos >= 0) & (kpos <= positions)
+        if self.window is not None:
+            allowed &= (positions - kpos < self.window) | (kpos < self.sinks)
+        # A padding row (a finished row) has no key to attend: let it attend all of them rather than produce NaN. Its
+        # output is never used, so unlike the per-layer path nothing zeroes it.
+        allowed |= ~allowed.any(-1, keepdim=True)
+        if impl == "sdpa":
+            step.mask = allowed[:, None, None, :]  # (B, 1, 1, n): the same for every head and query
+        elif impl == "math":
+            dtype = torch.promote_types(self.k.dtype, torch.float32)  # the softmax in float32 at least
+            bias = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill(~allowed, float("-inf"))
+            step.mask = bias[:, None, None, :]
+        else:
+            # The block mask lives as long as the cache and reads two buffers that are overwritten in place every step
+            # (a CUDA graph replays the same addresses): the allowed slots, and per row the number of key blocks up
+            # to its last filled slot. Slots fill in order (ring slots too), so a row at position p has filled the
+            # first min(p + 1, n) slots, and the kernel skips the blocks after them.
+            if step.block_mask is None:
+                step.allowed = torch.empty_like(allowed)
+                step.block_mask = flex_decode_mask(step.allowed, queries)
+            step.allowed.copy_(allowed)
+            filled = (positions + 1).clamp(1, n)
+            step.block_mask.kv_num_blocks.copy_((filled + FLEX_DECODE_BLOCK - 1)[:, :, None] // FLEX_DECODE_BLOCK)
+
+
+def flex_decode_mask(allowed, queries):
+    """A flex_attention block mask of `queries` queries per row and head against the n slots of `allowed` (B, n),
+    which its mask_mod reads for every key: the mask is right for whatever the buffer holds when the kernel runs.
+    Every row lists all its key blocks, in order; kv_num_blocks (B, 1, 1) says how many of them to read."""
+    B, n = allowed.shape
+    blocks = -(-n // FLEX_DECODE_BLOCK)
+    kv_num_blocks = torch.full((B, 1, 1), blocks, dtype=torch.int32, device=allowed.device)
+    kv_indices = torch.arange(blocks, dtype=torch.int32, device=allowed.device).expand(B, 1, 1, blocks).contiguous()
+
+    def mask_mod(b, h, q_idx, kv_idx):
+        return allowed[b, kv_idx]
+
+    return BlockMask.from_kv_blocks(kv_num_blocks, kv_indices, BLOCK_SIZE=FLEX_DECODE_BLOCK, mask_mod=mask_mod,
+                                    seq_lengths=(queries, n))
+
+
+def _flex_decode(q, k, v, block_mask):
+    return flex_attention(q, k, v, block_mask=block_mask)
+
+
+@functools.cache
+def _compiled_flex_decode():
+    # A kernel is compiled for every new cache shape; generate rounds cache lengths up to limit how many there are.
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+    return torch.compile(_flex_decode, dynamic=False)
+
+
+def flex_decode(q, k, v, block_mask):
+    """flex_attention's decoding kernel: q (B, H, queries, D) against k, v (B, H, n, D)."""
+    if not q.is_cuda or torch.compiler.is_compiling():
+        return _flex_decode(q, k, v, block_mask)  # off the GPU: the exact reference; inside compiled code: traced
+    # sft.py and rl.py generate with compiling turned off, so that their compiled blocks do not recompile for every
+    # cache shape. This kernel compiles once per cache shape, and uncompiled, flex_attention is an unfused reference.
+    with torch.compiler.set_stance("default"):
+        return _compiled_flex_decode()(q, k, v, block_mask)
+
 
 class Cache:
     """Per-layer caches plus how many real tokens each row has seen (rows are left-padded)."""
 
     def __init__(self, config, batch, max_len, dtype, device):
+        shared = {}  # the layers with the same window lay out their slots alike: one DecodeStep for them all
         self.layers = [LayerCache(batch, config.n_kv_heads, config.head_dim, config.layer_window(i), config.sinks,
-                                  max_len, dtype, device) for i in range(config.n_layers)]
+                                  max_len, dtype, device, shared.setdefault(config.layer_window(i), DecodeStep()))
+                       for i in range(config.n_layers)]
         self.seen = torch.zeros(batch, dtype=torch.long, device=device)
 
 
@@ -380,99 +516,264 @@ def head_loss(x, weight, targets):
     return F.cross_entropy(logits.flatten(0, -2), targets.flatten(), ignore_index=-1, reduction="sum")
 
 
-def sample_next(logits, temperature, top_k, top_p, generator):
-    """Pick one token per row. Returns (tokens, log-probabilities under softmax(logits / temperature))."""
-    logprobs = F.log_softmax(logits / (temperature if temperature > 0 else 1.0), dim=-1)
+def sample_next(logits, temperature, top_k=None, top_p=None, generator=None):
+    """Pick one token per row of logits (B, vocab). Returns (tokens, their log-probabilities under
+    softmax(logits / temperature)); temperature 0 picks the argmax, with log-probabilities at temperature 1.
+
+    Sampling is Gumbel-max: with E_i ~ Exp(1) drawn independently for every token, argmax_i(log p_i - log E_i) is
+    token i with probability p_i (the first of independent exponential clocks E_i / p_i to ring). That is a few
+    elementwise passes and an argmax, with no sort, cumulative sum or trip to the host as in torch.multinomial, so
+    it runs inside the decoding step's CUDA graph. top_k and top_p, only when asked, take the other tokens out of
+    the race; top_p sorts the vocabulary.
+    """
+    logprobs = F.log_softmax(logits / temperature if temperature > 0 else logits, dim=-1)
     if temperature <= 0:
         tokens = logits.argmax(-1)
     else:
-        filtered = logprobs.clone()
+        race = logprobs
         if top_k:
-            kth = filtered.topk(min(top_k, filtered.shape[-1]), dim=-1).values[:, -1:]
-            filtered[filtered < kth] = float("-inf")
+            kth = race.topk(min(top_k, race.shape[-1]), dim=-1).values[:, -1:]
+            race = race.masked_fill(race < kth, float("-inf"))
         if top_p is not None and top_p < 1.0:
-            sorted_lp, order = filtered.sort(dim=-1, descending=True)
-            cum = sorted_lp.softmax(-1).cumsum(-1)
-            drop = cum - sorted_lp.softmax(-1) > top_p  # keep the smallest prefix whose mass reaches top_p
-            filtered.scatter_(-1, order, sorted_lp.masked_fill(drop, float("-inf")))
-        tokens = torch.multinomial(filtered.softmax(-1), 1, generator=generator).squeeze(-1)
+            sorted_lp, order = race.sort(dim=-1, descending=True)
+            p = sorted_lp.softmax(-1)
+            drop = p.cumsum(-1) - p > top_p  # keep the smallest prefix whose mass reaches top_p
+            race = race.scatter(-1, order, sorted_lp.masked_fill(drop, float("-inf")))
+        # exponential_ does not return 0 on a GPU (its kernel maps the uniform's endpoint to a tiny positive value),
+        # and on the CPU with probability 2^-53 at most, so log E is finite and a token out of the race never wins.
+        clocks = torch.empty_like(race).exponential_(generator=generator)
+        tokens = (race - clocks.log_()).argmax(-1)
     return tokens, logprobs.gather(-1, tokens[:, None]).squeeze(-1)
 
 
-def graphed_decode_step(model, cache, batch):
-    """model(tokens, doc_ids, cache) for one new token per row, captured once as a CUDA graph and replayed.
+def cuda_graphed(step, device, generator=None):
+    """step(), which takes no arguments and reads and writes only tensors that keep their addresses, captured once as
+    a CUDA graph and replayed at every later call.
 
-    A small model's decoding step is a few hundred tiny kernels, and on a GPU launching them one by one takes
-    longer than running them. The step reads and writes only tensors that keep their addresses (the cache is
-    updated in place, the inputs are copied into fixed buffers), so replaying the graph is the same step.
+    A small model's decoding step is a few hundred tiny kernels, and on a GPU launching them one by one takes longer
+    than running them. Random numbers drawn inside the graph stay random: the graph is registered with the
+    generator, which hands every replay a fresh offset and advances as it would have eagerly.
     """
-    device = cache.seen.device
-    tokens = torch.zeros(batch, 1, dtype=torch.long, device=device)
-    doc_ids = torch.zeros(batch, 1, dtype=torch.long, device=device)
-    graph, logits, warmups = None, None, 2
+    graph, warmups = None, 2
 
-    def step(new_tokens, new_doc_ids):
-        nonlocal graph, logits, warmups
-        tokens.copy_(new_tokens)
-        doc_ids.copy_(new_doc_ids)
+    def replay():
+        nonlocal graph, warmups
         if warmups:  # capturing needs a few eager runs first, on a side stream; they are real steps
             warmups -= 1
             side = torch.cuda.Stream(device)
             side.wait_stream(torch.cuda.current_stream(device))
             with torch.cuda.stream(side):
-                out = model(tokens, doc_ids=doc_ids, cache=cache, last_only=True)[:, -1]
+                step()
             torch.cuda.current_stream(device).wait_stream(side)
-            return out
+            return
         if graph is None:  # capturing records the kernels without running them
             graph = torch.cuda.CUDAGraph()
+            if generator is not None:  # the default generator is registered with every graph already
+                graph.register_generator_state(generator)
             with torch.cuda.graph(graph):
-                logits = model(tokens, doc_ids=doc_ids, cache=cache, last_only=True)[:, -1]
+                step()
         graph.replay()
-        return logits
 
-    return step
+    return replay
+
+
+def to_device(values, device, dtype=torch.long):
+    """A host list as a tensor on `device`, copied without making the host wait for the device's queue."""
+    t = values if isinstance(values, torch.Tensor) else torch.tensor(values, dtype=dtype)
+    return t.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else t
+
+
+class Decoder:
+    """Rows of generation advanced together, one token per row per step: the KV cache, the token each row feeds
+    next, and what each row has generated. `load` starts prompts in some rows (their caches reset, their prompts
+    prefilled) while the others go on. A row stops at a stop token (kept) or after max_new_tokens; stopped rows are
+    fed as padding, which writes nothing to the cache.
+
+    A step is: the forward pass over the fed tokens, sampling, and the bookkeeping (record the token, stop rows, feed
+    the token back), all on the device and, on a GPU, all in one CUDA graph. The host learns which rows have stopped
+    from `poll`.
+    """
+
+    def __init__(self, model, rows, max_len, max_new_tokens, temperature=0.0, top_k=None, top_p=None, stop_tokens=(),
+                 generator=None, cuda_graph=True):
+        self.model, self.device = model, model.embed_tokens.weight.device
+        self.max_new_tokens, self.sampling = max_new_tokens, (temperature, top_k, top_p, generator)
+        self.cache = model.make_cache(rows, max_len)  # a row's prompt and completion must fit in max_len positions
+        for layer in self.cache.layers:  # `load` fills them, not a prefill of their own
+            layer.empty = False
+        device = self.device
+        self.feed = torch.zeros(rows, 1, dtype=torch.long, device=device)
+        self.feed_doc = torch.full((rows, 1), -1, dtype=torch.long, device=device)
+        self.tokens = torch.zeros(rows, max_new_tokens + 1, dtype=torch.long, device=device)  # last column: dropped
+        self.logprobs = torch.zeros(rows, max_new_tokens + 1, dtype=torch.float32, device=device)
+        self.count = torch.zeros(rows, dtype=torch.long, device=device)
+        self.done = torch.ones(rows, dtype=torch.bool, device=device)
+        self.stop = torch.tensor(sorted(set(stop_tokens)), dtype=torch.long, device=device)
+        graphed = cuda_graph and device.type == "cuda"
+        self._run = cuda_graphed(self._step, device, generator) if graphed else self._step
+        # The host reads which rows have stopped `lag` steps late: on a GPU it then never waits for the step it has
+        # just launched, and the device runs that step meanwhile (one step more than needed, at the end).
+        self.steps, self.snapshots, self.lag = 0, [], 1 if device.type == "cuda" else 0
+
+    @torch.no_grad()
+    def _step(self):
+        logits = self.model(self.feed, doc_ids=self.feed_doc, cache=self.cache, last_only=True)[:, -1]
+        token, logprob = sample_next(logits, *self.sampling)
+        live = ~self.done
+        column = torch.where(live, self.count, self.max_new_tokens)[:, None]
+        self.tokens.scatter_(1, column, token[:, None])
+        self.logprobs.scatter_(1, column, logprob[:, None].to(self.logprobs.dtype))
+        self.count += live
+        self.done |= (token[:, None] == self.stop).any(-1) | (self.count >= self.max_new_tokens)
+        self.feed.copy_(token[:, None])
+        self.feed_doc.copy_(torch.where(live, 0, -1)[:, None])  # a row's stop token is fed still, then padding
+
+    def step(self):
+        self._run()
+        self.steps += 1
+        if self.device.type == "cuda":
+            done = torch.empty(self.done.shape, dtype=torch.bool, pin_memory=True)
+            done.copy_(self.done, non_blocking=True)
+            event = torch.cuda.Event()
+            event.record()
+            self.snapshots.append((self.steps, done, event))
+        else:
+            self.snapshots.append((self.steps, self.done.clone(), None))
+
+    def poll(self):
+        """(step, done): the rows' stop flags (a host tensor) after step number `step`, `lag` steps before the last;
+        None until there is one."""
+        if len(self.snapshots) <= self.lag:
+            return None
+        step, done, event = self.snapshots.pop(0)
+        if event is not None:
+            event.synchronize()
+        return step, done
+
+    @torch.no_grad()
+    def load(self, rows, prompts):
+        """Start prompts[i] in row rows[i]: reset the row's cache, prefill all of the prompt but its last token, which
+        the next step feeds. Other rows are not touched. The prefill runs eagerly in a cache of its own, sized for the
+        new prompts, whose slots are copied into the rows' (a position's slot does not depend on the cache's length)."""
+        if not all(prompts):
+            raise ValueError("prompts must not be empty")
+        index = to_device(rows, self.device)
+        longest = max(len(p) for p in prompts) - 1
+        fresh = None
+        if longest > 0:
+            idx = torch.zeros(len(rows), longest, dtype=torch.long)
+            doc_ids = torch.full((len(rows), longest), -1, dtype=torch.long)
+            for row, p in enumerate(prompts):  # left-padded
+                if len(p) > 1:
+                    idx[row, longest - len(p) + 1:] = torch.tensor(p[:-1], dtype=torch.long)
+                    doc_ids[row, longest - len(p) + 1:] = 0
+            fresh = self.model.make_cache(len(rows), longest)
+            self.model(to_device(idx, self.device), doc_ids=to_device(doc_ids, self.device), cache=fresh,
+                       last_only=True)
+        for i, layer in enumerate(self.cache.layers):
+            layer.positions[index] = -1
+            if fresh is not None:
+                new = fresh.layers[i]
+                n = new.n_slots
+                layer.k[index, :, :n] = new.k[:, :, :n]
+                layer.v[index, :, :n] = new.v[:, :, :n]
+                layer.positions[index, :n] = new.positions[:, :n]
+        self.cache.seen[index] = 0 if fresh is None else fresh.seen
+        self.feed[index] = to_device([[p[-1]] for p in prompts], self.device)
+        self.feed_doc[index] = 0
+        self.count[index] = 0
+        self.done[index] = False
+
+    def results(self, rows):
+        """(tokens, logprobs) of each of `rows`, lists of lists."""
+        index = to_device(list(rows), self.device)
+        count = self.count[index]
+        width = int(count.max()) if len(rows) else 0
+        counts = count.tolist()
+        tokens, logprobs = self.tokens[index, :width].tolist(), self.logprobs[index, :width].tolist()
+        return ([t[:c] for t, c in zip(tokens, counts)], [lp[:c] for lp, c in zip(logprobs, counts)])
+
+
+def cache_length(prompts, max_new_tokens):
+    # Full-attention layers keep a slot per position. Rounded up, calls with other prompt lengths share cache shapes,
+    # hence compiled attention kernels (one per shape).
+    return -(-(max(map(len, prompts)) + max_new_tokens) // 128) * 128
 
 
 @torch.no_grad()
 def generate(model, prompts, max_new_tokens, temperature=0.0, top_k=None, top_p=None, stop_tokens=(), generator=None,
              cuda_graph=True):
-    """Batched sampling from left-padded prompts through the KV cache. Each row stops on its own at a stop
-    token (which is kept) or after max_new_tokens. Returns (tokens, logprobs), lists of lists per row.
+    """Batched sampling from prompts (lists of token ids, of any lengths) through the KV cache. Each row stops on its
+    own at a stop token (which is kept) or after max_new_tokens. Returns (tokens, logprobs), lists of lists per row.
     On a GPU the decoding step runs as a CUDA graph (cuda_graph=False: eagerly, for comparison)."""
-    device = model.embed_tokens.weight.device
-    B, longest = len(prompts), max(len(p) for p in prompts)
-    idx = torch.zeros(B, longest, dtype=torch.long, device=device)
-    doc_ids = torch.full((B, longest), -1, dtype=torch.long, device=device)
-    for row, p in enumerate(prompts):
-        idx[row, longest - len(p):] = torch.tensor(p, dtype=torch.long)
-        doc_ids[row, longest - len(p):] = 0
-    cache = model.make_cache(B, longest + max_new_tokens)
-    logits = model(idx, doc_ids=doc_ids, cache=cache, last_only=True)[:, -1]
-    if cuda_graph and device.type == "cuda":
-        step = graphed_decode_step(model, cache, B)
-    else:
-        def step(tokens, doc_ids):
-            return model(tokens, doc_ids=doc_ids, cache=cache, last_only=True)[:, -1]
-    stop = torch.tensor(list(stop_tokens), dtype=torch.long, device=device)
-    done = torch.zeros(B, dtype=torch.bool, device=device)
-    tokens, logprobs = [], []
+    if not prompts or max_new_tokens <= 0:
+        return [[] for _ in prompts], [[] for _ in prompts]
+    rows = range(len(prompts))
+    decoder = Decoder(model, len(prompts), cache_length(prompts, max_new_tokens), max_new_tokens, temperature, top_k,
+                      top_p, stop_tokens, generator, cuda_graph)
+    decoder.load(list(rows), prompts)
     for _ in range(max_new_tokens):
-        next_tokens, next_logprobs = sample_next(logits, temperature, top_k, top_p, generator)
-        tokens.append(next_tokens)
-        logprobs.append(next_logprobs)
-        active = ~done
-        done = done | torch.isin(next_tokens, stop)
-        if done.all():
+        decoder.step()
+        polled = decoder.poll()
+        if polled is not None and polled[1].all():
             break
-        # Finished rows are fed as padding: they write nothing to the cache.
-        logits = step(next_tokens[:, None], torch.where(active, 0, -1)[:, None])
-    tokens = torch.stack(tokens, 1).tolist() if tokens else [[] for _ in range(B)]
-    logprobs = torch.stack(logprobs, 1).tolist() if logprobs else [[] for _ in range(B)]
-    stops = set(stop_tokens)
-    for row in range(B):
-        end = next((t + 1 for t, tok in enumerate(tokens[row]) if tok in stops), len(tokens[row]))
-        tokens[row], logprobs[row] = tokens[row][:end], logprobs[row][:end]
-    return tokens, logprobs
+    return decoder.results(rows)
+
+
+@torch.no_grad()
+def generate_continuous(model, prompts, max_new_tokens, slots, temperature=0.0, top_k=None, top_p=None,
+                        stop_tokens=(), generator=None, cuda_graph=True, min_refill=None):
+    """generate over a fixed number of rows (slots) with continuous batching: when a row finishes, a waiting prompt
+    takes it (its cache reset, its prompt prefilled, the other rows untouched), so the batch never waits for its
+    longest row. Returns (tokens, logprobs) per prompt, in the order of `prompts`; with temperature 0 each prompt's
+    tokens are those generate returns for it.
+
+    A prefill is an eager forward pass, whose kernel launches take longer than a decoding step on a GPU, so freed
+    rows are refilled together: once min_refill of them are free (default slots // 8), once every waiting prompt
+    fits, or when no row is running.
+    """
+    if not prompts or max_new_tokens <= 0:
+        return [[] for _ in prompts], [[] for _ in prompts]
+    slots = max(1, min(slots, len(prompts)))
+    min_refill = max(1, slots // 8) if min_refill is None else min_refill
+    device = model.embed_tokens.weight.device
+    decoder = Decoder(model, slots, cache_length(prompts, max_new_tokens), max_new_tokens, temperature, top_k, top_p,
+                      stop_tokens, generator, cuda_graph)
+    tokens = torch.zeros(len(prompts), max_new_tokens + 1, dtype=torch.long, device=device)
+    logprobs = torch.zeros(len(prompts), max_new_tokens + 1, dtype=torch.float32, device=device)
+    counts = torch.zeros(len(prompts), dtype=torch.long, device=device)
+    waiting = list(range(len(prompts)))[::-1]  # popped from the end: input order
+    prompt_of, first_step = [None] * slots, [0] * slots  # what each row runs, and from which step on
+    free = list(range(slots))
+    while True:
+        if waiting and free and (len(free) >= min(min_refill, len(waiting)) or len(free) == slots):
+            rows = free[:len(waiting)]
+            free = free[len(rows):]
+            ids = [waiting.pop() for _ in rows]
+            decoder.load(rows, [prompts[i] for i in ids])
+            for row, i in zip(rows, ids):
+                prompt_of[row], first_step[row] = i, decoder.steps + 1
+        if len(free) == slots:
+            break
+        decoder.step()
+        polled = decoder.poll()
+        if polled is None:
+            continue
+        step, done = polled
+        # A row's flag counts from the first step it ran its prompt in; before that it is the previous prompt's.
+        finished = [row for row in done.nonzero().flatten().tolist()
+                    if prompt_of[row] is not None and first_step[row] <= step]
+        if finished:
+            rows, ids = to_device(finished, device), to_device([prompt_of[row] for row in finished], device)
+            tokens.index_copy_(0, ids, decoder.tokens[rows])
+            logprobs.index_copy_(0, ids, decoder.logprobs[rows])
+            counts.index_copy_(0, ids, decoder.count[rows])
+            for row in finished:
+                prompt_of[row] = None
+            free += finished
+    width = int(counts.max())
+    counts, tokens, logprobs = counts.tolist(), tokens[:, :width].tolist(), logprobs[:, :width].tolist()
+    return [t[:c] for t, c in zip(tokens, counts)], [lp[:c] for lp, c in zip(logprobs, counts)]
 
 
 # ----------------------------------------------------------------------------------------------------------
