@@ -61,7 +61,7 @@ from common import (DATA_DIR, EVAL_TASK, METRICS_FILE, STATE_FILE, MetricsLog, a
                     print0, run_main, save_run)
 from data import trace
 from data.answers import find_answer, is_correct
-from model import generate, load_checkpoint, recover_checkpoint
+from model import generate_continuous, load_checkpoint, recover_checkpoint
 
 ALGOS = {  # as each paper defines it; overlong: DAPO's soft penalty over the last 20% of the length limit
     "grpo": {"scale_std": True, "aggregation": "grpo", "clip_low": 0.2, "clip_high": 0.2, "kl_beta": 0.04,
@@ -352,14 +352,12 @@ def collect_rollouts(sampler, tokenizer, problems, prompts, draw, n_groups, args
         chosen = draw(n_groups - len(groups))
         rows = [prompts[i] for i in chosen for _ in range(G)]
         t0 = time.time()
-        tokens, logprobs = [], []
-        for s in range(0, len(rows), args.gen_batch):
-            with torch.compiler.set_stance("force_eager"):  # compiled blocks would recompile per cache shape
-                t, lp = generate(sampler, rows[s:s + args.gen_batch], args.max_new_tokens, args.temperature,
-                                 top_p=args.top_p, stop_tokens=tokenizer.stop_tokens, generator=sample_gen)
-            tokens += t
-            logprobs += lp
-        m["gen_s"] += time.time() - t0  # generate returns lists, so the device is done
+        # --gen-batch rows decode at once; a finished row takes the next waiting prompt (continuous batching)
+        with torch.compiler.set_stance("force_eager"):  # compiled blocks would recompile per cache shape
+            tokens, logprobs = generate_continuous(sampler, rows, args.max_new_tokens, args.gen_batch,
+                                                   args.temperature, top_p=args.top_p,
+                                                   stop_tokens=tokenizer.stop_tokens, generator=sample_gen)
+        m["gen_s"] += time.time() - t0  # the results are lists, so the device is done
         for g, i in enumerate(chosen):
             rewards, correct = [], []
             finished = [bool(t) and t[-1] in stops for t in tokens[g * G:(g + 1) * G]]

@@ -85,7 +85,7 @@ SMOLLM2 = dict(vocab_size=49152, dim=576, n_layers=30, n_heads=9, n_kv_heads=3, 
 QWEN = dict(vocab_size=151936, dim=1536, n_layers=28, n_heads=12, n_kv_heads=2, head_dim=128, hidden_dim=8960,
             norm_eps=1e-6, rope_theta=1000000.0, tie_embeddings=True, qkv_bias=True)
 if args.smoke:
-    SMOLLM2 = dict(vocab_size=512, dim=64, n_layers=2, n_heads=6, n_kv_heads=2, hidden_dim=128)
+    SMOLLM2 = dict(vocab_size=512, dim=64, n_layers=2, n_heads=6, n_kv_heads=2, head_dim=16, hidden_dim=128)
     QWEN = dict(vocab_size=640, dim=64, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=32, hidden_dim=96,
                 qkv_bias=True, tie_embeddings=True)
     args.batch, args.window, args.lengths, args.max_batch = 4, 16, "40", 4

@@ -242,8 +242,8 @@ def test_sampler_mismatch_is_corrected(toy, monkeypatch):
     def lower(*a, **k):
         tokens, logprobs = rl_generate(*a, **k)
         return tokens, [[lp - 1.0 for lp in row] for row in logprobs]
-    rl_generate = rl.generate
-    monkeypatch.setattr(rl, "generate", lower)
+    rl_generate = rl.generate_continuous
+    monkeypatch.setattr(rl, "generate_continuous", lower)
     log = run(toy, "mismatch", "--task", "toy", "--steps", "2", "--lr", "1e-3", "--tis-cap", "2")
     assert all(m["logprob_diff_mean"] == pytest.approx(1.0, abs=1e-3) for m in log)
     assert all(m["is_truncated"] == 1.0 and m["is_weight_mean"] == pytest.approx(2.0) for m in log)
