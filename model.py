@@ -152,7 +152,7 @@ def apply_rope(x, cos, sin):
 #              only the key blocks a row has filled, so a full-attention step costs what the rows' prefixes cost, not
 #              what the cache could hold
 #   auto       flex on a GPU; sdpa elsewhere (off the GPU flex_attention is an unfused reference implementation)
-DECODE_ATTENTION = "auto"
+DECODE_ATTENTION = os.environ.get("SWARR_DECODE_ATTENTION", "auto")  # a fallback without editing code
 DECODE_IMPLS = ("auto", "per_layer", "sdpa", "math", "flex")
 FLEX_DECODE_BLOCK = 128  # keys per block of the flex block mask: the granularity at which unfilled slots are skipped
 

@@ -98,7 +98,9 @@ stage() {
 # --resume when an interrupted earlier invocation left a checkpoint of this training stage (a save cut between its
 # two renames is put back first)
 resume() {
-  python -c 'import sys, model; model.recover_checkpoint(sys.argv[1])' "$1"
+  if [ ! -e "$1" ] && compgen -G "$1.old*" > /dev/null; then
+    python -c 'import sys, model; model.recover_checkpoint(sys.argv[1])' "$1"
+  fi
   if [ -f "$1/trainer_state.pt" ]; then echo --resume; fi
 }
 
