@@ -272,6 +272,25 @@ if "step" not in skip:
     for path, impl, sampling, ms in rows:
         print(f"| {path} | {impl} | {sampling} | {ms:.2f} | {args.batch / ms * 1e3:,.0f} | {floor:.2f} | "
               f"{ms / floor:.1f}x |")
+    # Exactness on this device: greedy tokens of each path, graphed, against the original path run eagerly
+    prompts = torch.randint(0, SMOLLM2["vocab_size"], (64, args.prompt_len), generator=torch.Generator().manual_seed(1))
+    prompts = [p[:args.prompt_len - i % 4].tolist() for i, p in enumerate(prompts)]  # left padding of 0-3 tokens
+    length = args.window + 64  # past the ring's first wrap
+    with_attention("per_layer")
+    ref_tokens, ref_logprobs = generate(model, prompts, length, cuda_graph=False)
+    print(f"\ngreedy completions of {length} tokens, 64 rows, against the original path run eagerly")
+    print("| path | rows with identical tokens | tokens identical before the first difference | max log-prob gap |")
+    print("|---|---|---|---|")
+    for impl in ("per_layer", "sdpa", "math", "flex"):
+        with_attention(impl)
+        tokens, logprobs = generate(model, prompts, length)
+        same = sum(a == b for a, b in zip(tokens, ref_tokens))
+        agree = [next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+                 for a, b in zip(tokens, ref_tokens)]  # per row, the tokens before the first difference
+        prefix = sum(agree)
+        gap = max((abs(x - y) for a, b, n in zip(logprobs, ref_logprobs, agree) for x, y in zip(a[:n], b[:n])),
+                  default=0.0)
+        print(f"| {impl} | {same} of 64 | {prefix / sum(len(t) for t in ref_tokens):.1%} | {gap:.2e} |")
     with_attention("auto")
     del model
     free_memory()
