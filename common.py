@@ -129,25 +129,27 @@ def parse_window(text):
 
 
 def add_window_args(parser, default="the checkpoint's"):
-    def window(text):
-        parse_window(text)  # argparse turns the ValueError into a usage error naming the flag
-        return text.lower()
-
-    def sinks(text):
-        if not (text.isascii() and text.isdigit()):
-            raise ValueError(text)
-        return int(text)
-
-    window.__name__, sinks.__name__ = "window (a positive integer or none)", "sinks (an integer >= 0)"
-    parser.add_argument("--window", type=window, default=None,
+    """--window and --sinks; check_window_args refuses bad values with one line (argparse would add its usage)."""
+    parser.add_argument("--window", default=None,
                         help=f"keys each query attends, itself included: an integer, or none for full attention "
                              f"(default: {default})")
-    parser.add_argument("--sinks", type=sinks, default=None,
+    parser.add_argument("--sinks", default=None,
                         help=f"first tokens of a sequence that every query keeps attending (default: {default})")
+
+
+def check_window_args(args):
+    if args.window is not None:
+        parse_window(args.window)
+    if args.sinks is not None:
+        text = str(args.sinks)
+        if not (text.isascii() and text.isdigit()):
+            fail(f"--sinks must be an integer >= 0, got {text!r}")
+        args.sinks = int(text)
 
 
 def apply_window(model, args):
     """Put the model under --window / --sinks where given; the weights do not change."""
+    check_window_args(args)
     if args.window is not None or args.sinks is not None:
         window = model.config.window if args.window is None else parse_window(args.window)
         model.set_window(window, args.sinks)

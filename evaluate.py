@@ -31,9 +31,9 @@ import resource
 
 import torch
 
-from common import (DATA_DIR, FEW_SHOT_SOURCE, add_window_args, apply_window, check_results, eval_label,
-                    eval_settings, evaluate_task, fail, load_task, parse_window, read_summary, run_main, weights_id,
-                    write_text)
+from common import (DATA_DIR, FEW_SHOT_SOURCE, add_window_args, apply_window, check_results, check_window_args,
+                    eval_label, eval_settings, evaluate_task, fail, load_task, parse_window, read_summary, run_main,
+                    weights_id, write_text)
 from data import trace
 from model import load_checkpoint, load_config
 
@@ -87,6 +87,7 @@ def main(argv=None):
                         help="weights dtype (default: bfloat16 on cuda, float32 on cpu)")
     parser.add_argument("--seed", type=int, default=0, help="sampling and few-shot selection seed")
     args = parser.parse_args(argv)
+    check_window_args(args)
 
     if args.samples < 1 or args.batch_size < 1 or args.max_new_tokens < 1 or args.few_shot < 0:
         fail("--samples, --batch-size and --max-new-tokens must be >= 1, --few-shot >= 0")

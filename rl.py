@@ -57,8 +57,8 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from common import (DATA_DIR, EVAL_TASK, METRICS_FILE, STATE_FILE, MetricsLog, add_window_args, apply_window,
-                    build_prompt, close_distributed, evaluate_task, fail, init_distributed, load_state, load_task,
-                    print0, run_main, save_run)
+                    build_prompt, check_window_args, close_distributed, evaluate_task, fail, init_distributed,
+                    load_state, load_task, print0, run_main, save_run)
 from data import trace
 from data.answers import find_answer, is_correct
 from model import generate_continuous, load_checkpoint, recover_checkpoint
@@ -285,6 +285,7 @@ def parse_args(argv):
     g.add_argument("--grad-checkpoint", action="store_true", help="recompute activations in backward (less memory)")
     g.add_argument("--no-progress", action="store_true", help="no tqdm bar")
     args = parser.parse_args(argv)
+    check_window_args(args)
     check_args(args)
     return args
 

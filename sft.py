@@ -36,8 +36,9 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from common import (METRICS_FILE, STATE_FILE, MetricsLog, chat, close_distributed, evaluate_task, fail, load_state,
-                    parse_window, print0, read_jsonl, run_main, save_run)
+from common import (METRICS_FILE, STATE_FILE, MetricsLog, add_window_args, apply_window, chat, check_window_args,
+                    close_distributed, evaluate_task, fail, init_distributed, load_state, print0, read_jsonl, run_main,
+                    save_run)
 from model import head_loss, load_checkpoint, recover_checkpoint
 
 DEFAULT_CKPT = "ckpt/smollm2-sa"
@@ -220,8 +221,6 @@ def held_out_loss(model, val, rank, world, batch_size, device, loss_fn=None):
 
 def check_args(args):
     """Refuse flags that would run something other than what they say, each with one line."""
-    if args.sinks is not None and args.sinks < 0:
-        fail(f"--sinks must be >= 0, got {args.sinks}")
     for name in ("seq_len", "batch_size", "grad_accum", "eval_max_new_tokens"):
         if getattr(args, name) < 1:
             fail(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
@@ -240,102 +239,113 @@ def check_args(args):
         fail("--weight-decay and --grad-clip must be >= 0")
 
 
-def main(argv=None):
+def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--ckpt", default=DEFAULT_CKPT, help="starting checkpoint (made by convert.py)")
-    parser.add_argument("--out", default=None,
-                        help="output checkpoint directory (default: ckpt/sft-swa<W> or ckpt/sft-sa)")
-    parser.add_argument("--window", default=None,
-                        help="attention window for training: an integer, or none for full attention "
-                             "(default: the checkpoint's)")
-    parser.add_argument("--sinks", type=int, default=None, help="attention sink tokens; default: the checkpoint's")
-    parser.add_argument("--data", default=DEFAULT_DATA,
-                        help="training JSONL: {question, solution[, answer]} or {messages} rows")
-    parser.add_argument("--val-data", default=None,
-                        help="validation JSONL (default: hold out --val-size examples of --data)")
-    parser.add_argument("--val-size", type=int, default=256, help="examples held out of --data for validation")
-    parser.add_argument("--seq-len", type=int, default=4096, help="tokens per packed row")
-    parser.add_argument("--batch-size", type=int, default=8, help="rows per micro-batch per GPU")
-    parser.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step")
-    parser.add_argument("--epochs", type=float, default=2.0,
-                        help="passes over the training data (ignored with --steps)")
-    parser.add_argument("--steps", type=int, default=None, help="optimizer steps (default: from --epochs)")
-    parser.add_argument("--lr", type=float, default=3e-5, help="peak learning rate")
-    parser.add_argument("--final-lr-frac", type=float, default=0.1, help="final learning rate as a fraction of --lr")
-    parser.add_argument("--warmup-steps", type=int, default=20, help="linear warmup steps")
-    parser.add_argument("--schedule", choices=("cosine", "linear"), default="cosine", help="decay after warmup")
-    parser.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay")
-    parser.add_argument("--beta2", type=float, default=0.95, help="AdamW beta2")
-    parser.add_argument("--grad-clip", type=float, default=1.0, help="clip the gradient norm to this (0: off)")
-    parser.add_argument("--eval-every", type=int, default=50,
-                        help="held-out loss and accuracy every N steps (0: only at the end)")
-    parser.add_argument("--eval-limit", type=int, default=32,
-                        help="held-out problems for the quick accuracy check (0: skip)")
-    parser.add_argument("--eval-max-new-tokens", type=int, default=384, help="generation budget of the accuracy check")
-    parser.add_argument("--save-every", type=int, default=200, help="checkpoint every N steps (0: only at the end)")
-    parser.add_argument("--resume", action="store_true",
-                        help="continue from --out's checkpoint: weights, optimizer, step, data order")
-    parser.add_argument("--compile", action="store_true",
-                        help="torch.compile each transformer block, and the output head with the loss")
-    parser.add_argument("--grad-checkpoint", action="store_true",
-                        help="recompute activations in backward (less memory)")
-    parser.add_argument("--peak-flops", type=float, default=989e12,
-                        help="peak bf16 FLOP/s of one GPU, for MFU (H100/H200 dense: 989e12)")
-    parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
-    parser.add_argument("--seed", type=int, default=0, help="data order and held-out split")
+    g = parser.add_argument_group("model and data")
+    g.add_argument("--ckpt", default=DEFAULT_CKPT, help="starting checkpoint (made by convert.py)")
+    g.add_argument("--out", default=None, help="output checkpoint directory (default: ckpt/sft-swa<W> or ckpt/sft-sa)")
+    g.add_argument("--resume", action="store_true",
+                   help="continue from --out's checkpoint: weights, optimizer, step, data order")
+    add_window_args(g)
+    g.add_argument("--data", default=DEFAULT_DATA, help="training JSONL: {question, solution[, answer]} or {messages} rows")
+    g.add_argument("--val-data", default=None, help="validation JSONL (default: hold out --val-size examples of --data)")
+    g.add_argument("--val-size", type=int, default=256, help="examples held out of --data for validation")
+    g.add_argument("--seed", type=int, default=0, help="data order and held-out split")
+    g = parser.add_argument_group("batches and schedule")
+    g.add_argument("--seq-len", type=int, default=4096, help="tokens per packed row")
+    g.add_argument("--batch-size", type=int, default=8, help="rows per forward/backward pass per GPU (memory only)")
+    g.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step")
+    g.add_argument("--epochs", type=float, default=2.0, help="passes over the training data (ignored with --steps)")
+    g.add_argument("--steps", type=int, default=None, help="optimizer steps (default: from --epochs)")
+    g.add_argument("--lr", type=float, default=3e-5, help="peak learning rate")
+    g.add_argument("--final-lr-frac", type=float, default=0.1, help="final learning rate as a fraction of --lr")
+    g.add_argument("--warmup-steps", type=int, default=20, help="linear warmup steps")
+    g.add_argument("--schedule", choices=("cosine", "linear"), default="cosine", help="decay after warmup")
+    g.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay")
+    g.add_argument("--beta2", type=float, default=0.95, help="AdamW beta2")
+    g.add_argument("--grad-clip", type=float, default=1.0, help="clip the gradient norm to this (0: off)")
+    g = parser.add_argument_group("bookkeeping")
+    g.add_argument("--eval-every", type=int, default=50,
+                   help="held-out loss and accuracy every N steps (0: only at the end)")
+    g.add_argument("--eval-limit", type=int, default=32, help="held-out problems for the quick accuracy check (0: skip)")
+    g.add_argument("--eval-max-new-tokens", type=int, default=384, help="generation budget of the accuracy check")
+    g.add_argument("--save-every", type=int, default=200, help="checkpoint every N steps (0: only at the end)")
+    g.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
+    g.add_argument("--compile", action="store_true",
+                   help="torch.compile each transformer block, and the output head with the loss")
+    g.add_argument("--grad-checkpoint", action="store_true", help="recompute activations in backward (less memory)")
+    g.add_argument("--peak-flops", type=float, default=989e12,
+                   help="peak bf16 FLOP/s of one GPU, for MFU (H100/H200 dense: 989e12)")
     args = parser.parse_args(argv)
-
+    check_window_args(args)
     check_args(args)
-    window = None if args.window is None else parse_window(args.window)
+    return args
 
-    # Distributed: torchrun sets RANK/WORLD_SIZE/LOCAL_RANK; without them this is a single-process run.
-    ddp = "RANK" in os.environ and "WORLD_SIZE" in os.environ
-    rank, world = (int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])) if ddp else (0, 1)
-    local_rank = int(os.environ.get("LOCAL_RANK", 0))
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if device.type == "cuda":
-        device = torch.device("cuda", local_rank)
-        torch.cuda.set_device(device)
-        torch.backends.cuda.matmul.allow_tf32 = True
-    if ddp:
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    master = rank == 0
 
-    # Model: the checkpoint's weights under the requested window. With --resume, the weights come from --out.
-    if args.out:
-        recover_checkpoint(args.out)  # a save cut between its two renames leaves the newest copy beside --out
-    if args.resume and args.out:
-        if not os.path.isfile(os.path.join(args.out, STATE_FILE)):
-            fail(f"nothing to resume: {args.out} has no {STATE_FILE} (run without --resume to start)")
-        source = args.out
-    elif os.path.isdir(args.ckpt):
-        source = args.ckpt
-    else:
+def start(args):
+    """(model, tokenizer, out, parent, state): the model to train under the requested window, the directory it
+    goes to, its parent checkpoint, and with --resume the trainer state to continue from (the weights then come
+    from --out). Refuses to overwrite a checkpoint without --resume."""
+    if not os.path.isdir(args.ckpt) and not (args.resume and args.out):
         fail(f"checkpoint {args.ckpt} not found; make it with: "
-                         f"python convert.py --src smollm2-135m-instruct --out {args.ckpt} --window none")
-    model, tokenizer, meta = load_checkpoint(source, device="cpu")
-    model.set_window(window if args.window is not None else model.config.window, args.sinks)
-    W, sinks = model.config.window, model.config.sinks
-    out = args.out or ("ckpt/sft-sa" if W is None else f"ckpt/sft-swa{W}" + (f"-sink{sinks}" if sinks else ""))
-    recover_checkpoint(out)
-    parent = os.path.abspath(args.ckpt)
-    state = None
-    if args.resume:
-        if not os.path.isfile(os.path.join(out, STATE_FILE)):
-            fail(f"nothing to resume: {out} has no {STATE_FILE} (run without --resume to start)")
-        if source != out:
-            model, tokenizer, meta = load_checkpoint(out, device="cpu")
-            model.set_window(W, sinks)
-        if meta.get("stage") != "sft":
-            fail(f"{out} is a {meta.get('stage')!r} checkpoint, not an sft one")
-        state = load_state(os.path.join(out, STATE_FILE))
-        if not (isinstance(state, dict) and {"optimizer", "step", "history", "rng"} <= set(state)
-                and isinstance(state["step"], int)):
-            fail(f"{os.path.join(out, STATE_FILE)} is not a trainer state of sft.py")
-        parent = meta.get("parent", parent)
-    elif os.path.isfile(os.path.join(out, "meta.json")):
-        fail(f"{out} already holds a checkpoint; pass --resume to continue it or choose another --out")
+             f"python convert.py --src smollm2-135m-instruct --out {args.ckpt} --window none")
+    out = args.out
+    if out is None:  # named after the window: the starting checkpoint's, unless --window overrides it
+        model, tokenizer, meta = load_checkpoint(args.ckpt, device="cpu")
+        apply_window(model, args)
+        W, sinks = model.config.window, model.config.sinks
+        out = "ckpt/sft-sa" if W is None else f"ckpt/sft-swa{W}" + (f"-sink{sinks}" if sinks else "")
+    recover_checkpoint(out)  # a save cut between its two renames leaves the newest copy beside out
+    state_path = os.path.join(out, STATE_FILE)
+    if not args.resume:
+        if os.path.isfile(os.path.join(out, "meta.json")):
+            fail(f"{out} already holds a checkpoint; pass --resume to continue it or choose another --out")
+        if args.out is not None:
+            model, tokenizer, meta = load_checkpoint(args.ckpt, device="cpu")
+            apply_window(model, args)
+        return model, tokenizer, out, os.path.abspath(args.ckpt), None
+    if not os.path.isfile(state_path):
+        fail(f"nothing to resume: {out} has no {STATE_FILE} (run without --resume to start)")
+    model, tokenizer, meta = load_checkpoint(out, device="cpu")
+    apply_window(model, args)
+    if meta.get("stage") != "sft":
+        fail(f"{out} is a {meta.get('stage')!r} checkpoint, not an sft one")
+    state = load_state(state_path)
+    if not (isinstance(state, dict) and {"optimizer", "step", "history", "rng"} <= set(state)
+            and isinstance(state["step"], int)):
+        fail(f"{state_path} is not a trainer state of sft.py")
+    return model, tokenizer, out, meta.get("parent", os.path.abspath(args.ckpt)), state
+
+
+def make_optimizer(model, args, device):
+    """Fused AdamW on the GPU. No weight decay on norms (1-D) is the usual choice; with wd=0 it is moot."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    return torch.optim.AdamW([{"params": [p for p in params if p.dim() >= 2], "weight_decay": args.weight_decay},
+                              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}],
+                             lr=args.lr, betas=(0.9, args.beta2), fused=device.type == "cuda")
+
+
+def restore(state, optimizer, device, path):
+    """Optimizer and RNGs as they were at the checkpoint; returns (step, history)."""
+    try:
+        optimizer.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["rng"]["torch"])
+        random.setstate(state["rng"]["python"])
+        if device.type == "cuda" and state["rng"].get("cuda") is not None:
+            torch.cuda.set_rng_state(state["rng"]["cuda"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:  # another run's state, or not sft.py's
+        fail(f"{path} does not fit this run ({type(e).__name__}: {e})")
+    return state["step"], list(state["history"])
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    rank, world, device = init_distributed(args.device)
+    ddp, master = world > 1, rank == 0
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+    model, tokenizer, out, parent, state = start(args)
     model.to(device)
     model.train()
     model.gradient_checkpointing = args.grad_checkpoint
@@ -355,7 +365,7 @@ def main(argv=None):
     steps_per_epoch = sum(1 for _ in step_batches(train, args.seq_len, rows_per_step, args.seed, 0))
     if steps_per_epoch == 0:
         fail(f"{len(train)} training examples fill fewer than the {rows_per_step} rows of one step; "
-                         "lower --batch-size, --grad-accum or --seq-len")
+             "lower --batch-size, --grad-accum or --seq-len")
     total_steps = args.steps or max(1, round(args.epochs * steps_per_epoch))
     if state is not None and state["step"] >= total_steps:
         # Resuming a finished run: its last evaluation and save are done, and would be repeated.
@@ -363,37 +373,21 @@ def main(argv=None):
         close_distributed()
         return
     # Quick accuracy check on held-out problems that carry a reference answer.
-    problems = [{"id": r.get("id", str(i)), "question": r["question"], "answer": str(r["answer"])}
-                for i, r in enumerate(val_rows) if "question" in r and r.get("answer") is not None][:args.eval_limit]
-    n_tokens = sum(len(ids) for ids, _ in train)
-    print0(f"{args.ckpt} -> {out}: {model.num_params():,} parameters, window {W}, sinks {model.config.sinks}, "
-           f"device {device}, {world} process(es)")
-    print0(f"data: {len(train)} train examples ({n_tokens:,} tokens, {dropped} longer than --seq-len dropped), "
-           f"{len(val_examples)} held out; {steps_per_epoch} steps/epoch of {rows_per_step} x {args.seq_len} tokens; "
-           f"{total_steps} steps")
+    problems = [{**r, "id": r.get("id", str(i)), "answer": str(r["answer"])} for i, r in enumerate(val_rows)
+                if "question" in r and r.get("answer") is not None][:args.eval_limit]
+    print0(f"{args.ckpt} -> {out}: {model.num_params():,} parameters, window {model.config.window}, sinks "
+           f"{model.config.sinks}, device {device}, {world} process(es)")
+    print0(f"data: {len(train)} train examples ({sum(len(ids) for ids, _ in train):,} tokens, {dropped} longer than "
+           f"--seq-len dropped), {len(val_examples)} held out; {steps_per_epoch} steps/epoch of {rows_per_step} x "
+           f"{args.seq_len} tokens; {total_steps} steps")
 
-    # Optimizer: fused AdamW on the GPU. No weight decay on norms (1-D) is the usual choice; with wd=0 it is moot.
-    params = [p for p in model.parameters() if p.requires_grad]
-    decay = [p for p in params if p.dim() >= 2]
-    no_decay = [p for p in params if p.dim() < 2]
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": args.weight_decay},
-                                   {"params": no_decay, "weight_decay": 0.0}],
-                                  lr=args.lr, betas=(0.9, args.beta2), fused=device.type == "cuda")
+    optimizer = make_optimizer(model, args, device)
     step, history = 0, []
     if state is not None:
-        try:
-            optimizer.load_state_dict(state["optimizer"])
-            step, history = state["step"], list(state["history"])
-            torch.set_rng_state(state["rng"]["torch"])
-            random.setstate(state["rng"]["python"])
-            if device.type == "cuda" and state["rng"].get("cuda") is not None:
-                torch.cuda.set_rng_state(state["rng"]["cuda"])
-        except (KeyError, TypeError, ValueError, RuntimeError) as e:  # another run's state, or not sft.py's
-            fail(f"{os.path.join(out, STATE_FILE)} does not fit this run ({type(e).__name__}: {e})")
+        step, history = restore(state, optimizer, device, os.path.join(out, STATE_FILE))
         print0(f"resumed {out} at step {step}")
     else:
         torch.manual_seed(args.seed)
-
     raw_model = model
     loss_fn = None  # the model's own output head and loss
     if args.compile:
@@ -401,14 +395,11 @@ def main(argv=None):
         loss_fn = compiled_head_loss()  # the output head and loss too: the float32 logits stay inside one kernel
     if ddp:
         model = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[local_rank] if device.type == "cuda" else None)
-
+            model, device_ids=[device.index] if device.type == "cuda" else None)
     # FLOPs of a document depend on its own length (attention stays inside it): count those, not seq_len's.
     flops_per_token = functools.lru_cache(maxsize=None)(raw_model.flops_per_token)
     # Lines written after the checkpoint we resume from (a crash between saves) are replaced, not repeated.
     metrics = MetricsLog(os.path.join(out, METRICS_FILE), history, write=master)
-    history = metrics.history
-    log = metrics.log
 
     def evaluate_now():
         row = {"step": step}
@@ -425,7 +416,7 @@ def main(argv=None):
                         if k in ("accuracy", "mean_completion_tokens", "truncated")})
         if ddp:
             dist.barrier()  # the other ranks wait while rank 0 generates
-        log(row)
+        metrics.log(row)
         if master:  # through tqdm, so the progress bar stays on its own line
             tqdm.write(f"step {step}: " + ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
                                                    for k, v in row.items() if k != "step"))
@@ -433,11 +424,11 @@ def main(argv=None):
     def save():
         if master:
             meta = {"stage": "sft", "parent": parent, "args": vars(args), "step": step,
-                    "metrics": {k: v for r in history for k, v in r.items() if k != "step"}}
+                    "metrics": {k: v for r in metrics.history for k, v in r.items() if k != "step"}}
             rng = {"torch": torch.get_rng_state(), "python": random.getstate(),
                    "cuda": torch.cuda.get_rng_state() if device.type == "cuda" else None}
-            save_run(out, raw_model, tokenizer, meta,
-                     {"optimizer": optimizer.state_dict(), "step": step, "history": history, "rng": rng}, history)
+            save_run(out, raw_model, tokenizer, meta, {"optimizer": optimizer.state_dict(), "step": step,
+                                                        "history": metrics.history, "rng": rng}, metrics.history)
         if ddp:
             dist.barrier()
 
@@ -468,8 +459,8 @@ def main(argv=None):
                    for n in torch.unique_consecutive(row[row >= 0], return_counts=True)[1].tolist()]
         tokens_per_s = sum(lengths) / dt
         mfu = sum(n * flops_per_token(n) for n in lengths) / dt / (args.peak_flops * world)
-        log({"step": step, "loss": loss, "lr": lr_at(step - 1, total_steps, args), "grad_norm": norm.item(),
-             "tokens_per_s": tokens_per_s, "mfu": mfu})
+        metrics.log({"step": step, "loss": loss, "lr": lr_at(step - 1, total_steps, args), "grad_norm": norm.item(),
+                     "tokens_per_s": tokens_per_s, "mfu": mfu})
         bar.update(1)
         bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tokens_per_s:,.0f}", mfu=f"{100 * mfu:.1f}%")
         if args.eval_every and step % args.eval_every == 0 and step < total_steps:
@@ -482,7 +473,7 @@ def main(argv=None):
     print0(f"saved {out} (step {step})")
     if ddp:
         del model  # DistributedDataParallel holds the process group too
-        close_distributed()
+    close_distributed()
 
 
 if __name__ == "__main__":

@@ -27,8 +27,8 @@ import torch
 
 # run as a script from analysis/, the repository's modules are one directory up
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from common import (add_window_args, apply_window, build_prompt, eval_label, fail, read_jsonl, run_main,  # noqa: E402
-                    write_text)
+from common import (add_window_args, apply_window, build_prompt, check_window_args, eval_label, fail,  # noqa: E402
+                    read_jsonl, run_main, write_text)
 from data.trace import trace_stats  # noqa: E402
 from model import load_checkpoint  # noqa: E402
 
@@ -78,6 +78,7 @@ def main(argv=None):
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cuda or cpu")
     add_window_args(parser)
     args = parser.parse_args(argv)
+    check_window_args(args)
     if args.bin < 1 or args.batch_size < 1:
         fail("--bin and --batch-size must be >= 1")
     rows = read_jsonl(args.data, {"question": str, "solution": str})

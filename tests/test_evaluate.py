@@ -69,8 +69,10 @@ def test_cli_window_override_few_shot_and_bad_args(setup):
     run_cli(tmp, "--window", "none", "--sinks", "0", "--few-shot", "2", "--limit", "2")
     records = read_records(tmp / "out" / "tiny-windowNone-sinks0" / "synthetic.jsonl")
     assert records[0]["settings"]["window"] is None and records[0]["prompt"].count("<|im_start|>user") == 3
-    with pytest.raises(SystemExit):  # argparse: "argument --window: invalid window (...) value: 'abc'"
+    with pytest.raises(UserError, match="--window must be a positive integer or none, got 'abc'"):
         run_cli(tmp, "--window", "abc")
+    with pytest.raises(UserError, match="--sinks must be an integer >= 0, got '-1'"):
+        run_cli(tmp, "--sinks", "-1")
     with pytest.raises(UserError, match="not found"):
         run_cli(tmp, "--tasks", "gsm8k", "--data-dir", str(tmp / "nowhere"))
 
