@@ -67,28 +67,30 @@ def markdown_table(summary):
     return "\n".join(lines) + "\n"
 
 
-def main(argv=None):
+def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--ckpt", action="append", required=True, help="checkpoint directory; repeat for several")
-    parser.add_argument("--tasks", default="gsm8k,math500,svamp,asdiv",
-                        help="comma-separated tasks: gsm8k, math500, svamp, asdiv, synthetic, trace (and trace-*: "
-                             "records how each completion uses the window)")
-    parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N problems of each task")
-    parser.add_argument("--samples", type=int, default=1, help="completions per problem (pass@k and maj@n when > 1)")
-    parser.add_argument("--temperature", type=float, default=0.0, help="sampling temperature; 0 is greedy")
-    parser.add_argument("--few-shot", type=int, default=0, help="solved training problems shown as earlier chat turns")
-    parser.add_argument("--batch-size", type=int, default=16, help="sequences generated together")
-    parser.add_argument("--max-new-tokens", type=int, default=512, help="generation length limit per completion")
-    add_window_args(parser)
-    parser.add_argument("--data-dir", default=DATA_DIR, help="directory holding <task>/{train,test}.jsonl")
-    parser.add_argument("--out-dir", default="eval", help="where per-problem results and summaries are written")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cuda or cpu")
-    parser.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
-                        help="weights dtype (default: bfloat16 on cuda, float32 on cpu)")
-    parser.add_argument("--seed", type=int, default=0, help="sampling and few-shot selection seed")
+    g = parser.add_argument_group("what to evaluate")
+    g.add_argument("--ckpt", action="append", required=True, help="checkpoint directory; repeat for several")
+    g.add_argument("--tasks", default="gsm8k,math500,svamp,asdiv",
+                   help="comma-separated tasks: gsm8k, math500, svamp, asdiv, synthetic, trace (and trace-*: records "
+                        "how each completion uses the window)")
+    g.add_argument("--limit", type=int, default=None, help="evaluate only the first N problems of each task")
+    g.add_argument("--data-dir", default=DATA_DIR, help="directory holding <task>/{train,test}.jsonl")
+    g.add_argument("--out-dir", default="eval", help="where per-problem results and summaries are written")
+    add_window_args(g)
+    g = parser.add_argument_group("how to answer")
+    g.add_argument("--samples", type=int, default=1, help="completions per problem (pass@k and maj@n when > 1)")
+    g.add_argument("--temperature", type=float, default=0.0, help="sampling temperature; 0 is greedy")
+    g.add_argument("--few-shot", type=int, default=0, help="solved training problems shown as earlier chat turns")
+    g.add_argument("--max-new-tokens", type=int, default=512, help="generation length limit per completion")
+    g.add_argument("--batch-size", type=int, default=16, help="sequences generated together")
+    g.add_argument("--seed", type=int, default=0, help="sampling and few-shot selection seed")
+    g = parser.add_argument_group("device")
+    g.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cuda or cpu")
+    g.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
+                   help="weights dtype (default: bfloat16 on cuda, float32 on cpu)")
     args = parser.parse_args(argv)
     check_window_args(args)
-
     if args.samples < 1 or args.batch_size < 1 or args.max_new_tokens < 1 or args.few_shot < 0:
         fail("--samples, --batch-size and --max-new-tokens must be >= 1, --few-shot >= 0")
     if not (math.isfinite(args.temperature) and args.temperature >= 0):
@@ -97,27 +99,17 @@ def main(argv=None):
         fail("--samples > 1 needs --temperature > 0 (greedy samples would all be equal)")
     if args.limit is not None and args.limit < 1:
         fail(f"--limit must be >= 1, got {args.limit}")
-    tasks = [t for t in args.tasks.split(",") if t]
-    if not tasks:
-        fail(f"--tasks names no task (got {args.tasks!r})")
-    if len(set(tasks)) < len(tasks):
-        fail(f"--tasks names a task twice: {args.tasks}")
-    problems = {t: load_task(args.data_dir, t, "test")[:args.limit] for t in tasks}
-    shots = {}
-    for t in tasks:
-        if args.few_shot:
-            source = FEW_SHOT_SOURCE.get(t, t)
-            pool = load_task(args.data_dir, source, "train")
-            if any("solution" not in p for p in pool):
-                fail(f"{os.path.join(args.data_dir, source, 'train.jsonl')}: --few-shot needs a \"solution\" in "
-                     "every problem")
-            shots[t] = random.Random(args.seed).sample(pool, min(args.few_shot, len(pool)))
-    dtype = getattr(torch, args.dtype or ("bfloat16" if args.device.startswith("cuda") else "float32"))
+    args.tasks = [t for t in args.tasks.split(",") if t]
+    if not args.tasks:
+        fail("--tasks names no task")
+    if len(set(args.tasks)) < len(args.tasks):
+        fail(f"--tasks names a task twice: {','.join(args.tasks)}")
+    return args
 
-    summary_path = os.path.join(args.out_dir, "summary.json")
-    summary = read_summary(summary_path) if os.path.exists(summary_path) else {}
-    # Before any generation: every checkpoint's label, and what identifies its weights. Records are keyed by the
-    # label, so one label must never hold the records of two different models.
+
+def plan(args, summary, summary_path, shots):
+    """[(ckpt, label, weights id)], checked before any generation. Records are kept under a label, so one label must
+    never hold the records of two different models: not two --ckpt of the same name, not a retrained checkpoint."""
     overridden = args.window is not None or args.sinks is not None
     runs, by_label = [], {}
     for ckpt in args.ckpt:
@@ -136,11 +128,30 @@ def main(argv=None):
                  f"{summary[label].get('weights') or 'not recorded'}, from {summary[label].get('ckpt')}), not "
                  f"{ckpt}'s ({weights}): a retrained checkpoint, or another one of the same name; use another "
                  "--out-dir")
-        for t in tasks:
+        for t in args.tasks:
             check_results(os.path.join(args.out_dir, label, f"{t}.jsonl"),
                           eval_settings(config, args.samples, args.temperature, len(shots.get(t, ())),
                                         args.max_new_tokens, weights))
         runs.append((ckpt, label, weights))
+    return runs
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    problems = {t: load_task(args.data_dir, t, "test")[:args.limit] for t in args.tasks}
+    shots = {}
+    for t in args.tasks:
+        if args.few_shot:
+            source = FEW_SHOT_SOURCE.get(t, t)
+            pool = load_task(args.data_dir, source, "train")
+            if any("solution" not in p for p in pool):
+                fail(f"{os.path.join(args.data_dir, source, 'train.jsonl')}: --few-shot needs a \"solution\" in "
+                     "every problem")
+            shots[t] = random.Random(args.seed).sample(pool, min(args.few_shot, len(pool)))
+    dtype = getattr(torch, args.dtype or ("bfloat16" if args.device.startswith("cuda") else "float32"))
+    summary_path = os.path.join(args.out_dir, "summary.json")
+    summary = read_summary(summary_path) if os.path.exists(summary_path) else {}
+    runs = plan(args, summary, summary_path, shots)
 
     os.makedirs(args.out_dir, exist_ok=True)
     for ckpt, label, weights in runs:
@@ -149,7 +160,7 @@ def main(argv=None):
         if args.device.startswith("cuda"):
             torch.cuda.reset_peak_memory_stats()
         results, generated, seconds = {}, 0, 0.0
-        for t in tasks:
+        for t in args.tasks:
             m = evaluate_task(model, tokenizer, problems[t], args.max_new_tokens, args.batch_size, args.samples,
                               args.temperature, shots.get(t, ()), os.path.join(args.out_dir, label, f"{t}.jsonl"),
                               args.seed, desc=f"{label} {t}",
