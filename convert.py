@@ -26,13 +26,11 @@ import contextlib
 import dataclasses
 import glob
 import hashlib
-import json
 import math
 import os
 import re
 import subprocess
 import sys
-import unicodedata
 import zipfile
 
 import numpy as np
@@ -563,42 +561,48 @@ def parse_window(text):
     return window
 
 
-def main(argv=None):
+def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--src", required=True,
-                        help=f"Hugging Face directory, .gguf file, or a name to fetch: {', '.join(SHORTCUTS)}")
-    parser.add_argument("--out", required=True, help="checkpoint directory to create (must not exist)")
-    parser.add_argument("--window", default="source",
-                        help="keys each query attends, itself included: an integer, 'none' (full attention) or "
-                             "'source' (keep the source model's attention; default)")
-    parser.add_argument("--sinks", type=int, default=0, help="first tokens every query keeps attending (default 0)")
-    parser.add_argument("--full-layers", default=None,
-                        help="comma-separated layer indices that keep full attention, e.g. 0,15 (default: none, "
-                             "or the source's own with --window source)")
-    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
-                        help="dtype of the saved weights (default float32; the checks run on these weights)")
-    parser.add_argument("--cache-dir", default=os.path.expanduser("~/.cache/swarr"),
-                        help="where fetched models are cached (default ~/.cache/swarr)")
-    parser.add_argument("--check-tokens", type=int, default=128,
-                        help="tokens of the eval text used for the reference-forward check (default 128)")
-    parser.add_argument("--eval-tokens", type=int, default=None,
-                        help="evaluate perplexity on only the first N tokens of the eval text (default: all)")
+    g = parser.add_argument_group("source and output")
+    g.add_argument("--src", required=True,
+                   help=f"Hugging Face directory, .gguf file, or a name to fetch: {', '.join(SHORTCUTS)}")
+    g.add_argument("--out", required=True, help="checkpoint directory to create (must not exist)")
+    g.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+                   help="dtype of the saved weights (default float32; the checks run on these weights)")
+    g.add_argument("--cache-dir", default=os.path.expanduser("~/.cache/swarr"),
+                   help="where fetched models are cached (default ~/.cache/swarr)")
+    g = parser.add_argument_group("attention of the converted model")
+    g.add_argument("--window", default="source",
+                   help="keys each query attends, itself included: an integer, 'none' (full attention) or "
+                        "'source' (keep the source model's attention; default)")
+    g.add_argument("--sinks", type=int, default=0, help="first tokens every query keeps attending (default 0)")
+    g.add_argument("--full-layers", default=None,
+                   help="comma-separated layer indices that keep full attention, e.g. 0,15 (default: none, "
+                        "or the source's own with --window source)")
+    g = parser.add_argument_group("checks")
+    g.add_argument("--check-tokens", type=int, default=128,
+                   help="tokens of the eval text used for the reference-forward check (default 128)")
+    g.add_argument("--eval-tokens", type=int, default=None,
+                   help="evaluate perplexity on only the first N tokens of the eval text (default: all)")
     args = parser.parse_args(argv)
-
-    window = parse_window(args.window)
+    args.window = parse_window(args.window)
     if args.sinks < 0:
         fail(f"--sinks must be >= 0, got {args.sinks}")
     if args.check_tokens < 1 or (args.eval_tokens is not None and args.eval_tokens < 2):
         fail("--check-tokens must be >= 1 and --eval-tokens >= 2")
-    full_layers = None
     if args.full_layers:
         try:
-            full_layers = sorted({int(x) for x in args.full_layers.split(",") if x.strip()})
+            args.full_layers = sorted({int(x) for x in args.full_layers.split(",") if x.strip()})
         except ValueError:
             fail(f"--full-layers must be comma-separated integers, got {args.full_layers!r}")
     if os.path.exists(args.out):
         fail(f"output directory {args.out} already exists")
+    return args
 
+
+def load_source(args):
+    """(model in float32 with the weights rounded to --dtype, tokenizer, window, full layers, source path),
+    every weight checked against the config."""
     src = args.src
     if src in SHORTCUTS:
         src = fetch(src, args.cache_dir)
@@ -611,6 +615,7 @@ def main(argv=None):
     else:
         fail(f"--src {args.src} is neither a directory, a file, nor one of {', '.join(SHORTCUTS)}")
 
+    window, full_layers = args.window, args.full_layers or None
     if window == "source":
         window = src_window
         full_layers = src_full if full_layers is None else full_layers
@@ -631,7 +636,6 @@ def main(argv=None):
     if tok.vocab_size > rows:
         fail(f"{src}: tokenizer has ids up to {tok.vocab_size - 1} but the embedding has only {rows} rows")
 
-    dtype = getattr(torch, args.dtype)
     config = Config(**fields, sinks=args.sinks, full_layers=full_layers)
     with torch.device("meta"):
         model = Transformer(config)
@@ -639,11 +643,18 @@ def main(argv=None):
         if state[k].shape != v.shape:
             fail(f"{src}: {k} has shape {tuple(state[k].shape)}, the config implies {tuple(v.shape)}")
     # Round to the saved dtype first, then compute in float32: the checks describe the weights we save.
+    dtype = getattr(torch, args.dtype)
     model.load_state_dict({k: v.to(dtype).float() for k, v in state.items()}, assign=True)
     model.inv_freq = rope_frequencies(config)  # buffers are not in the state dict; this one was on "meta"
-    model.eval()
     print(f"loaded {args.src}: {fields['n_layers']} layers, dim {fields['dim']}, {model.num_params():,} parameters, "
           f"vocab {rows} (tokenizer {tok.vocab_size})")
+    return model.eval(), tok, window, full_layers, src
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    model, tok, window, full_layers, src = load_source(args)
+    config = model.config
 
     # Check 1: this project's forward (full attention, weights as saved) against the dense reference.
     ids = (tok.encode_special(tok.chat_template["bos"]) + tok.encode(EVAL_TEXT))[:args.eval_tokens]
@@ -661,7 +672,7 @@ def main(argv=None):
     label = "full" if window is None else f"window {window}, sinks {args.sinks}, full layers {full_layers}"
     print(f"perplexity on {len(ids)} tokens: full attention {ppl_full:.3f}, {label} {ppl_window:.3f}")
 
-    model.to(dtype)
+    model.to(getattr(torch, args.dtype))
     meta = {"stage": "convert", "parent": os.path.abspath(src), "args": vars(args),
             "metrics": {"max_abs_logit_diff_vs_reference": diff, "check_tokens": check.shape[1],
                         "eval_tokens": len(ids), "ppl_full": ppl_full, "ppl_window": ppl_window,
