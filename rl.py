@@ -40,8 +40,9 @@ Output: --out (default ckpt/rl-<task>) is a checkpoint directory (rewritten ever
 end, meta stage "rl", with the resolved algorithm settings) that also holds
     metrics.jsonl        one line per step: reward, accuracy, group shares, lengths, clip fractions (low/high),
                          ratio and importance-weight statistics, KL, entropy, sampler/trainer log-prob gap, the
-                         step's time split (generation, log-prob passes, training, evaluation), tokens/s, and
-                         held-out greedy accuracy when evaluated
+                         step's time split (generation, log-prob passes, training, evaluation), tokens/s,
+                         held-out greedy accuracy when evaluated, and on the trace task how the rollouts used the
+                         window (fits_window, window_style, restatements_per_step, accuracy_fits, ...)
     trainer_state.pt     optimizer, step, problem order, RNGs of every rank, metrics: what --resume needs
 
 Test: python -m pytest -q tests/test_rl.py
