@@ -151,17 +151,19 @@ def apply_rope(x, cos, sin):
 #   flex       flex_attention's decoding kernel (split-KV flash decoding) with one block mask per slot layout; it reads
 #              only the key blocks a row has filled, so a full-attention step costs what the rows' prefixes cost, not
 #              what the cache could hold
-#   auto       flex on a GPU; sdpa elsewhere (off the GPU flex_attention is an unfused reference implementation)
+#   auto       sdpa. On the GPU it gives the greedy tokens of the original eager path (flex and math do not: they
+#              sum in another order, and bf16 rounding moves some completions onto other tokens) at nearly flex's speed
+#              for windowed steps (bench/README.md); flex pays off for long full-attention completions (choose it)
 DECODE_ATTENTION = os.environ.get("SWARR_DECODE_ATTENTION", "auto")  # a fallback without editing code
 DECODE_IMPLS = ("auto", "per_layer", "sdpa", "math", "flex")
 FLEX_DECODE_BLOCK = 128  # keys per block of the flex block mask: the granularity at which unfilled slots are skipped
 
 
-def decode_impl(device):
+def decode_impl():
     if DECODE_ATTENTION not in DECODE_IMPLS:
         raise ValueError(f"unknown DECODE_ATTENTION {DECODE_ATTENTION!r}; choose from {', '.join(DECODE_IMPLS)}")
     if DECODE_ATTENTION == "auto":
-        return "flex" if device.type == "cuda" else "sdpa"
+        return "sdpa"
     return DECODE_ATTENTION
 
 
@@ -195,7 +197,7 @@ class LayerCache:
 
     def attend(self, q, k, v, positions):
         """Attention of new queries over the cached keys plus the new keys; the new keys are stored."""
-        if q.shape[2] == 1 and decode_impl(q.device) != "per_layer":
+        if q.shape[2] == 1 and decode_impl() != "per_layer":
             return self.decode(q, k, v, positions)
         if q.shape[2] == 1:
             # One new token per row (decoding): the slot it takes held a key already outside its window, so
@@ -239,7 +241,7 @@ class LayerCache:
     def decode(self, q, k, v, positions):
         """One new token per row (positions (B, 1), -1 for padding): store it, then attend over the cache with the
         step's shared mask. Returns (B, Hq, 1, D)."""
-        impl, step, n = decode_impl(q.device), self.shared, self.n_slots
+        impl, step, n = decode_impl(), self.shared, self.n_slots
         first = step.positions is not positions
         if first:
             step.positions = positions

@@ -94,7 +94,7 @@ if args.smoke:
     args.hf_batch, args.hf_length = 2, 8
 name = torch.cuda.get_device_name() if cuda else "CPU"
 print(f"{name}, torch {torch.__version__}, {dtype}; decoding attention default: "
-      f"{model_module.decode_impl(device)}")
+      f"{model_module.decode_impl()}")
 
 
 def sync():
