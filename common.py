@@ -324,9 +324,9 @@ def weights_id(ckpt):
 # ----------------------------------------------------------------------------------------------------------
 # Tasks: where a task's problems live and how a problem becomes a chat prompt, so that training asks exactly
 # what evaluation asks. A problem is a row {id, question, answer[, solution][, instruction]} of
-# data/<task>/<split>.jsonl. The user's turn is the question followed by an instruction on how to state the
-# answer; a row whose question carries its own instructions sets "instruction" to "" (the trace task does, so
-# that the values it needs end the prompt).
+# data/<task>/<split>.jsonl. The user's turn is an instruction on how to state the answer, then the question: the
+# question ends the prompt, so that a sliding window drops the instruction before the question when the answer
+# begins. A row whose question carries its own instructions sets "instruction" to "" (the trace task does).
 
 DATA_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
 INSTRUCTION = ("Solve the problem step by step. Write the final answer at the end, after \"####\" "
@@ -340,7 +340,7 @@ MAKE = {"synthetic": "python -m data.synthetic", "trace": "python -m data.trace"
 
 def user_message(row):
     instruction = row.get("instruction", INSTRUCTION)
-    return {"role": "user", "content": f"{row['question']}\n\n{instruction}" if instruction else row["question"]}
+    return {"role": "user", "content": f"{instruction}\n\n{row['question']}" if instruction else row["question"]}
 
 
 def chat(row, shots=()):

@@ -46,7 +46,7 @@ import numpy as np
 
 # run as a script from analysis/, the repository's modules are one directory up
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from common import (ARM_RE, LABEL_RE, fail, read_json, read_jsonl, read_records, read_summary, run_main,  # noqa: E402
+from common import (ARM_RE, INSTRUCTION, LABEL_RE, fail, read_json, read_jsonl, read_records, read_summary, run_main,  # noqa: E402
                     write_text)
 from tokenizer import CHATML, Tokenizer  # noqa: E402
 
@@ -321,15 +321,15 @@ def numbers(text):
 
 
 def question_text(prompt, tok):
-    """The question inside an evaluate.py prompt: the last user turn, up to the blank line before the instruction."""
+    """The question inside an evaluate.py prompt: the last user turn without the answer-format instruction
+    (common.INSTRUCTION; it comes before the question, and after it in records made before that layout)."""
     template = tok.chat_template if tok else CHATML
     user = template["prefix"].format(role="user")
     start = prompt.rfind(user)
     start = 0 if start < 0 else start + len(user)
     end = prompt.find(template["eot"], start)
     end = len(prompt) if end < 0 else end
-    blank = prompt.rfind("\n\n", start, end)
-    return prompt[start:blank if blank >= 0 else end]
+    return prompt[start:end].replace(INSTRUCTION, "").strip("\n")
 
 
 def trajectory_stats(prompt, completion, tok=None):

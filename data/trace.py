@@ -12,7 +12,8 @@ values end the prompt:
     itself plus the register after it (after C comes A), mod 10. Run 6 steps, then add up all registers.
     Start: A=3 B=5 C=1
 
-Rows carry "instruction": "" so that no answer-format instruction follows the values (common.user_message).
+Rows carry "instruction": "": the question says how to answer, and its start values end the prompt
+(common.user_message).
 
 Two styles of solution. Full-attention style ("full") writes a value only when it changes, so each step
 copies values written about m lines back:

@@ -18,13 +18,12 @@ import numpy as np
 import pytest
 
 from analysis import report
-from common import UserError
+from common import INSTRUCTION, UserError, build_prompt
 from tokenizer import toy_tokenizer
 
 # a question with the numbers 12 and 7; the instruction's 42 is not a question number
 QUESTION = "Tom has 12 apples and buys 7 more. How many apples does he have?"
-INSTRUCTION = ("Solve the problem step by step and show every step of the work. Write the final answer at the end, "
-               "after \"####\" (for example \"#### 42\").")
+# the layout of records made before the instruction moved ahead of the question: their trajectories are still read
 PROMPT = f"<|im_start|>user\n{QUESTION}\n\n{INSTRUCTION}<|im_end|>\n<|im_start|>assistant\n"
 RESTATES = "Tom has 12 apples. 12 + 7 = 19\n#### 19"  # right, restates 12 before computing
 NO_RESTATE = "12 + 7 = 20\n#### 20"  # wrong, computes straight from the question
@@ -266,7 +265,12 @@ def test_report_without_matplotlib(tmp_path, monkeypatch, capsys):
 
 
 def test_question_and_numbers():
-    assert report.question_text(PROMPT, toy_tokenizer()) == QUESTION
+    tok = toy_tokenizer()
+    assert report.question_text(PROMPT, tok) == QUESTION
+    # today's layout, from the prompt that evaluate.py and the trainers build
+    prompt = tok.decode(build_prompt(tok, {"id": 1, "question": QUESTION, "answer": "19"}))
+    assert prompt.index(INSTRUCTION) < prompt.index(QUESTION) and report.question_text(prompt, tok) == QUESTION
+    assert report.question_text(prompt.replace(INSTRUCTION + "\n\n", ""), tok) == QUESTION  # no instruction
     assert report.numbers("1,200 and 7.50 or 3.") == [(0, "1200"), (10, "7.5"), (18, "3")]
 
 
