@@ -42,7 +42,8 @@ case "$preset" in
     ;;
   trace)
     # SmolLM2-135M on the trace task: 3 registers, 4-9 steps, 24 filler tokens per step (SmolLM2 tokens). A
-    # full-style solution copies over up to 124 tokens (1.9 W at W = 64), a window-style one over at most 52;
+    # full-style solution copies values last written up to 124 tokens back (1.9 W at W = 64); its second
+    # operands, which no line in between copies, up to 83 (1.3 W); a window-style one copies over at most 52;
     # a window of 192 binds neither. 4 attention sinks keep the converted model's perplexity near full
     # attention's (README). The sweep feeds fillers of 0-40 tokens: copy distances from 52 to 172.
     : "${WINDOW=64}" "${CONTROL_WINDOW=192}" "${SINKS=4}"

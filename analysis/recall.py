@@ -15,7 +15,9 @@ lengths vary across the test set (data.trace --filler with several values), whic
         --data runs/trace/data/trace-sweep/test.jsonl --out runs/trace/recall.json
     python analysis/recall.py --ckpt runs/trace/sa-sft --window 64 --sinks 4 ...   # under another window
 
-Writes --out: {label: {"window": W, "sinks": S, "bins": [{"lo", "hi", "copies", "correct"}], "by_kind": {...}}},
+Writes --out: {label: {"window": W, "sinks": S, "bins": [{"lo", "hi", "copies", "correct"}], "bins_nearest": [...],
+"by_kind": {...}}}; bins by the distance to the value's last write, bins_nearest by the distance to its nearest
+earlier write or copy (with 3 registers a full-style step's first operand was copied one line earlier),
 merged into the file if it exists (labels as evaluate.py's), and prints a table. analysis/report.py shows it.
 """
 import argparse
@@ -35,8 +37,9 @@ from model import load_checkpoint  # noqa: E402
 
 @torch.inference_mode()
 def copy_verdicts(model, tokenizer, rows, batch_size):
-    """[(distance, kind, correct)] for every copy in every row's reference solution, teacher-forced. kind:
-    "restatement", or "operand" for a step's operands and the sum's terms."""
+    """[(distance, nearest, kind, correct)] for every copy in every row's reference solution, teacher-forced
+    (distance: back to the value's last write; nearest: back to its nearest earlier write or copy; data/trace.py).
+    kind: "restatement", or "operand" for a step's operands and the sum's terms."""
     device = model.embed_tokens.weight.device
     verdicts = []
     for s in range(0, len(rows), batch_size):
@@ -53,14 +56,15 @@ def copy_verdicts(model, tokenizer, rows, batch_size):
         predicted = model(idx.to(device), doc_ids=doc_ids.to(device)).argmax(-1).cpu()
         for i, row_copies in enumerate(copies):
             for c in row_copies:  # the query at position c - 1 predicts the copy's first token at c
-                verdicts.append((c["distance"], "restatement" if c["restatement"] else "operand",
+                verdicts.append((c["distance"], c["nearest"], "restatement" if c["restatement"] else "operand",
                                  bool(predicted[i, c["position"] - 1] == seqs[i][c["position"]])))
     return verdicts
 
 
-def binned(verdicts, width):
+def binned(pairs, width):
+    """[(distance, correct)] -> bins of `width` tokens: [{lo, hi, copies, correct}] in order."""
     bins = {}
-    for distance, _, ok in verdicts:
+    for distance, ok in pairs:
         lo = distance // width * width
         b = bins.setdefault(lo, {"lo": lo, "hi": lo + width - 1, "copies": 0, "correct": 0})
         b["copies"] += 1
@@ -94,10 +98,12 @@ def main(argv=None):
         apply_window(model, args)
         label = eval_label(ckpt, model.config if args.window is not None or args.sinks is not None else None)
         verdicts = copy_verdicts(model.eval(), tokenizer, rows, args.batch_size)
-        kinds = {kind: {"copies": sum(k == kind for _, k, _ in verdicts),
-                        "correct": sum(ok for _, k, ok in verdicts if k == kind)} for kind in ("operand", "restatement")}
+        kinds = {kind: {"copies": sum(k == kind for _, _, k, _ in verdicts),
+                        "correct": sum(ok for _, _, k, ok in verdicts if k == kind)}
+                 for kind in ("operand", "restatement")}
         results[label] = {"window": model.config.window, "sinks": model.config.sinks, "data": args.data,
-                          "bins": binned(verdicts, args.bin), "by_kind": kinds}
+                          "bins": binned([(d, ok) for d, _, _, ok in verdicts], args.bin),
+                          "bins_nearest": binned([(n, ok) for _, n, _, ok in verdicts], args.bin), "by_kind": kinds}
         cells = ", ".join(f"{b['lo']}-{b['hi']}: {100 * b['correct'] / b['copies']:.1f}% of {b['copies']}"
                           for b in results[label]["bins"])
         print(f"{label} (window {model.config.window}): {cells}")

@@ -76,10 +76,12 @@ def load_recall(path):
     for label, r in results.items():
         ok = (isinstance(r, dict) and isinstance(r.get("bins"), list) and _is_int(r.get("sinks"))
               and (r.get("window") is None or _is_int(r["window"]))
+              and isinstance(r.get("bins_nearest", []), list)
               and all(isinstance(b, dict) and all(_is_int(b.get(k)) for k in ("lo", "hi", "copies", "correct"))
-                      and b["copies"] > 0 and b["hi"] >= b["lo"] for b in r["bins"]))
+                      and b["copies"] > 0 and b["hi"] >= b["lo"] for b in r["bins"] + r.get("bins_nearest", [])))
         if not ok:
-            fail(f"{path}: {label!r} must hold window, sinks and bins of {{lo, hi, copies, correct}} integers")
+            fail(f"{path}: {label!r} must hold window, sinks and bins (and optionally bins_nearest) of "
+                 "{lo, hi, copies, correct} integers")
     return results
 
 
@@ -508,21 +510,22 @@ def trace_table(run_dir, eval_dir, task="trace"):
     return [TRACE_COLUMNS, "|---" * 13 + "|", *lines] if lines else []
 
 
-def recall_table(run_dir):
+def recall_table(run_dir, key="bins"):
     """Teacher-forced per-copy accuracy against copy distance (analysis/recall.py's <run>/recall.json): how far
-    back each checkpoint recalls a value, directly or through its layers."""
+    back each checkpoint recalls a value, directly or through its layers. key: "bins" (distance to the value's
+    last write) or "bins_nearest" (to its nearest earlier write or copy)."""
     path = os.path.join(run_dir, "recall.json")
     if not os.path.exists(path):
         return []
-    results = load_recall(path)
-    if not any(r["bins"] for r in results.values()):
+    results = {label: r for label, r in load_recall(path).items() if r.get(key)}
+    if not results:
         return []
-    los = sorted({b["lo"] for r in results.values() for b in r["bins"]})
-    width = next(b["hi"] - b["lo"] + 1 for r in results.values() for b in r["bins"])
+    los = sorted({b["lo"] for r in results.values() for b in r[key]})
+    width = next(b["hi"] - b["lo"] + 1 for r in results.values() for b in r[key])
     lines = ["| checkpoint | window | " + " | ".join(f"{lo}-{lo + width - 1}" for lo in los) + " |",
              "|---|---|" + "---|" * len(los)]
     for label, r in results.items():
-        bins = {b["lo"]: b for b in r["bins"]}
+        bins = {b["lo"]: b for b in r[key]}
         cells = [f"{100 * bins[lo]['correct'] / bins[lo]['copies']:.1f}" if lo in bins else "-" for lo in los]
         lines.append(f"| {label} | {window_text(r['window'])}" + (f" + {r['sinks']} sinks" if r["sinks"] else "")
                      + " | " + " | ".join(cells) + " |")
@@ -556,6 +559,7 @@ def trace_section(run_dir, logs, draw_plots):
     copy distance, the window's use over RL, and examples."""
     greedy, sampled, by_distance = trace_table(run_dir, "eval"), trace_table(run_dir, "eval-sampled"), \
         recall_table(run_dir)
+    by_nearest = recall_table(run_dir, "bins_nearest")
     if not (greedy or sampled or by_distance):
         return []
     out = ["## How completions use the window (trace task)", "",
@@ -575,6 +579,10 @@ def trace_section(run_dir, logs, draw_plots):
                 "likely token is compared with the value (accuracy in %, per bin of copy distance in tokens). A window-W "
                 "model attends a value directly only up to W - 1 tokens back; further back only through its layers.",
                 "", *by_distance, ""]
+    if by_nearest:
+        out += ["The same copies by the distance to the nearest earlier place the value was written or copied: with 3 "
+                "registers a full-style step's first operand was the previous step's second operand, one line back, "
+                "so only the second operands must reach past the line before.", "", *by_nearest, ""]
     series = {key: {arm: [(m["step"], m[key]) for m in lines if m.get(key) is not None] for arm, lines in logs.items()}
               for key in ("fits_window", "window_style")}
     if any(series["fits_window"].values()):

@@ -56,6 +56,12 @@ c - 1; the value it copies starts at token w (the first token of the last write)
 Under window W (query i attends key j iff j <= i and i - j < W) that query attends the value itself iff
 distance <= W - 1 (fits_window). Values are never among the first few tokens, so attention sinks do not
 change that. The parser reports distances, not verdicts: a model can also relay a value through its layers.
+A value can also stand closer than its last write: an earlier faithful copy of it (with 3 registers, a step's
+first operand was the previous step's second operand). Each copy's `nearest` is its distance to the nearest
+earlier place the register's current value was written or faithfully copied; `distance` stays the one to the
+last write, which fits_window and max_distance use. In a full-style solution the first operands and most of
+the sum are one line from a copy of their value; the second operands, written two lines back, are the copies
+that bind.
 
     python -m data.trace                      # data/trace/{train,test}.jsonl, characters as tokens
     python -m data.trace --n-train 4000 --n-test 1000 --registers 3 --steps 4,8 --filler 24 \\
@@ -297,8 +303,8 @@ def canonical(digits):
 def trace_stats(prompt_ids, completion_ids, tokenizer):
     """How a completion of the trace task copies values (module docstring: copies, distance). Never raises
     on model output; what it cannot parse it skips. Returns a dict:
-        copies: [{register, position (token index in prompt + completion), distance, faithful, restatement}]
-            for registers with a known last write
+        copies: [{register, position (token index in prompt + completion), distance, nearest, faithful,
+            restatement}] for registers with a known last write
         n_copies, unfaithful (copies that differ from the register's value), max_distance (None: no copies)
         restatements (all), restatements_per_step (those on step lines, per step; None: no steps)
         steps: complete step updates "A=A+B=3+5=8"
@@ -312,11 +318,17 @@ def trace_stats(prompt_ids, completion_ids, tokenizer):
         return bisect.bisect_right(starts, byte) - 1
 
     last_write = {}  # register -> (canonical value, token position of its first token)
+    last_seen = {}  # register -> token position of the latest write or faithful copy of its current value
+
+    def write(name, value, byte):
+        last_write[name] = (canonical(value), token_at(byte))
+        last_seen[name] = last_write[name][1]
+
     starts_in_prompt = list(START_RE.finditer(data, 0, prompt_bytes))
     if starts_in_prompt:
         line = starts_in_prompt[-1]
         for a in ASSIGNMENT_RE.finditer(data, line.start(1), line.end(1)):
-            last_write[a.group(1)] = (canonical(a.group(2)), token_at(a.start(2)))
+            write(a.group(1), a.group(2), a.start(2))
 
     copies = []
 
@@ -324,8 +336,11 @@ def trace_stats(prompt_ids, completion_ids, tokenizer):
         if name in last_write:
             written, w = last_write[name]
             c = token_at(byte)
+            faithful = canonical(value) == written
             copies.append({"register": name.decode(), "position": c, "distance": c - 1 - w,
-                           "faithful": canonical(value) == written, "restatement": restatement})
+                           "nearest": c - 1 - last_seen[name], "faithful": faithful, "restatement": restatement})
+            if faithful:
+                last_seen[name] = c
 
     restatements, step_restatements, pending, step_restates = 0, 0, 0, []
     for e in EVENT_RE.finditer(data, prompt_bytes):
@@ -333,7 +348,7 @@ def trace_stats(prompt_ids, completion_ids, tokenizer):
             pending = 0
         elif e.group("name"):
             copy(e.group("name"), e.group("value"), e.start("value"), True)
-            last_write[e.group("name")] = (canonical(e.group("value")), token_at(e.start("value")))
+            write(e.group("name"), e.group("value"), e.start("value"))
             restatements += 1
             pending += 1
         elif e.group("target"):
@@ -341,7 +356,7 @@ def trace_stats(prompt_ids, completion_ids, tokenizer):
             if e.group("y") is not None:
                 copy(e.group("right"), e.group("y"), e.start("y"), False)
             if e.group("result") is not None:
-                last_write[e.group("target")] = (canonical(e.group("result")), token_at(e.start("result")))
+                write(e.group("target"), e.group("result"), e.start("result"))
                 step_restates.append(pending > 0)
                 step_restatements += pending
             pending = 0

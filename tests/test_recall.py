@@ -35,13 +35,14 @@ def test_copy_verdicts_with_perfect_and_wrong_models():
     expected = []
     for row in rows:
         prompt, completion = build_prompt(tok, row), tok.encode(row["solution"])
-        expected += [c["distance"] for c in trace.trace_stats(prompt, completion, tok)["copies"]]
+        expected += [(c["distance"], c["nearest"]) for c in trace.trace_stats(prompt, completion, tok)["copies"]]
     right = recall.copy_verdicts(Oracle(tok.vocab_size), tok, rows, batch_size=4)
-    assert sorted(d for d, _, _ in right) == sorted(expected) and all(ok for _, _, ok in right)
-    assert {kind for _, kind, _ in right} == {"operand"}  # full-style references restate nothing
+    assert sorted((d, n) for d, n, _, _ in right) == sorted(expected) and all(ok for *_, ok in right)
+    assert any(n < d for d, n, _, _ in right)  # some values were copied since their write
+    assert {kind for _, _, kind, _ in right} == {"operand"}  # full-style references restate nothing
     wrong = recall.copy_verdicts(Oracle(tok.vocab_size, shift=1), tok, rows, batch_size=4)
-    assert len(wrong) == len(right) and not any(ok for _, _, ok in wrong)
-    bins = recall.binned(right, 16)
+    assert len(wrong) == len(right) and not any(ok for *_, ok in wrong)
+    bins = recall.binned([(d, ok) for d, _, _, ok in right], 16)
     assert sum(b["copies"] for b in bins) == len(expected) and all(b["hi"] - b["lo"] == 15 for b in bins)
 
 
@@ -63,3 +64,4 @@ def test_cli_writes_and_merges(tmp_path):
     kinds = results["swa16-sft"]["by_kind"]
     assert kinds["restatement"]["copies"] > 0  # window-style references restate
     assert sum(b["copies"] for b in results["swa16-sft"]["bins"]) == sum(k["copies"] for k in kinds.values())
+    assert sum(b["copies"] for b in results["swa16-sft"]["bins_nearest"]) == sum(k["copies"] for k in kinds.values())

@@ -389,7 +389,8 @@ def test_trace_section_by_hand(tmp_path):
     with open(run / "recall.json", "w") as f:
         json.dump({"swa64-sft": {"window": 64, "sinks": 4, "bins": [{"lo": 48, "hi": 63, "copies": 4, "correct": 3},
                                                                      {"lo": 112, "hi": 127, "copies": 2, "correct": 0}]},
-                   "sa-sft": {"window": None, "sinks": 0, "bins": [{"lo": 112, "hi": 127, "copies": 5, "correct": 5}]}},
+                   "sa-sft": {"window": None, "sinks": 0, "bins": [{"lo": 112, "hi": 127, "copies": 5, "correct": 5}],
+                              "bins_nearest": [{"lo": 32, "hi": 47, "copies": 5, "correct": 4}]}},
                   f)
     with open(run / "swa64-rl" / "metrics.jsonl", "w") as f:
         for step, fits in ((1, 0.25), (2, 0.75)):
@@ -402,6 +403,8 @@ def test_trace_section_by_hand(tmp_path):
     assert "| swa64-rl | 64 | 2 | 100.0 | 100.0 | 100.0 | - | 50.0 | 50.0 | 0.0 | 1.50 | 51.0 | 105.0 |" in text
     assert "| checkpoint | window | 48-63 | 112-127 |" in text
     assert "| swa64-sft | 64 + 4 sinks | 75.0 | 0.0 |" in text and "| sa-sft | full | - | 100.0 |" in text
+    # by the nearest copy: only sa-sft has those bins, so its table has one column and one row
+    assert "| checkpoint | window | 32-47 |\n|---|---|---|\n| sa-sft | full | 80.0 |\n" in text
     assert "| swa64-rl | 25.0 -> 75.0 | 12.5 -> 37.5 | 0.25 -> 0.75 |" in text
     assert "### a (answer 9)" in text and "swa64-rl: right, window style, largest copy distance 52, fits" in text
 

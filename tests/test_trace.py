@@ -142,6 +142,8 @@ def test_distances_full_style():
     # B=3 written at 58. Sum line at 61: 8 at 70 -> 69-35 = 34; 3 at 72 -> 71-58 = 13.
     assert distances(stats) == [("A", 21), ("B", 19), ("B", 40), ("A", 20), ("A", 34), ("B", 13)]
     assert [c["position"] for c in stats["copies"]] == [31, 33, 54, 56, 70, 72]
+    # nearest: line 2's B (54) was copied at 33 -> 53-33 = 20; the sum's A (70) was copied at 56 -> 69-56 = 13
+    assert [c["nearest"] for c in stats["copies"]] == [21, 19, 20, 20, 13, 13]
     assert all(c["faithful"] and not c["restatement"] for c in stats["copies"])
     assert (stats["n_copies"], stats["max_distance"], stats["steps"], stats["style"]) == (6, 40, 2, "full")
     assert (stats["restatements"], stats["restatements_per_step"], stats["length"]) == (0, 0.0, len(FULL))
@@ -169,6 +171,8 @@ def test_wrong_copy_truncated_and_mixed_completions():
     wrong = stats_of(PROMPT, "Step 1/2: A=A+B=3+6=9.\nStep 2/2: B=B+A=5+9=4.\n")
     assert [c["faithful"] for c in wrong["copies"]] == [True, False, True, True]  # 9 is A's value as written
     assert wrong["unfaithful"] == 1 and wrong["steps"] == 2
+    # the wrong 6 (at 33) is not B's value: line 2's B at 54 is nearest its write at 13 (53-13 = 40), not the 6
+    assert [c["nearest"] for c in wrong["copies"]][2] == 40
 
     cut = stats_of(PROMPT, FULL[:FULL.index("5+8") + 2])  # "...Step 2/2: B=B+A=5+"
     assert distances(cut) == [("A", 21), ("B", 19), ("B", 40)]
@@ -245,6 +249,23 @@ def test_reference_distances_as_designed():
                 assert m * line - 5 <= row["max_distance"]["full"] <= m * line - 2
                 # Window style: a restatement copies the one in the line before, same column: one line less 1.
                 assert row["max_distance"]["window"] == step_line_length(m, fill, "window") - 1
+
+
+def test_nearest_copy_of_a_full_style_operand():
+    # With m registers round robin, step t's first operand (register r_t) was step t-1's second operand, so a
+    # copy of its value stands one line back; its second operand (r_t+1) was written at step t-m+1 and copied
+    # by no step since: m - 1 lines back, its nearest is its distance.
+    m, fill = 3, 24
+    line = step_line_length(m, fill, "full")
+    for row in make_split("test", 6, registers=m, steps=(m + 1, 9), filler=(fill,), seed=1):
+        prompt, completion = build_prompt(TOY, row), TOY.encode(row["solution"])
+        copies = trace_stats(prompt, completion, TOY)["copies"]
+        steps = [copies[i:i + 2] for i in range(0, len(copies) - m, 2)][m:]  # the steps after the first m
+        assert steps
+        for first, second in steps:  # columns: first operand 16, second 18, result 20
+            assert first["distance"] == m * line - 5 and first["nearest"] == line - 3
+            assert second["nearest"] == second["distance"] == (m - 1) * line - 3
+        assert max(c["nearest"] for c in copies) < max(c["distance"] for c in copies)
 
 
 def test_a_window_between_the_styles_separates_them():
