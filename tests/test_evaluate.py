@@ -6,7 +6,6 @@ resume, window override, and the pass@k estimator.
 """
 import json
 import math
-import sys
 
 import pytest
 
