@@ -46,8 +46,8 @@ import numpy as np
 
 # run as a script from analysis/, the repository's modules are one directory up
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from common import (ARM_RE, INSTRUCTION, LABEL_RE, fail, read_json, read_jsonl, read_records, read_summary, run_main,  # noqa: E402
-                    write_text)
+from common import (ARM_RE, INSTRUCTION, LABEL_RE, fail, read_json, read_jsonl, read_records,  # noqa: E402
+                    read_summary, run_main, write_text)
 from tokenizer import CHATML, Tokenizer  # noqa: E402
 
 EPS = 1e-9
@@ -510,14 +510,21 @@ def trace_table(run_dir, eval_dir, task="trace"):
     return [TRACE_COLUMNS, "|---" * 13 + "|", *lines] if lines else []
 
 
-def recall_table(run_dir, key="bins"):
+def recall_tables(run_dir):
     """Teacher-forced per-copy accuracy against copy distance (analysis/recall.py's <run>/recall.json): how far
-    back each checkpoint recalls a value, directly or through its layers. key: "bins" (distance to the value's
-    last write) or "bins_nearest" (to its nearest earlier write or copy)."""
+    back each checkpoint recalls a value, directly or through its layers. Two tables, each [] when it has no
+    bins: by the distance to the value's last write ("bins"), and to its nearest earlier write or copy
+    ("bins_nearest")."""
     path = os.path.join(run_dir, "recall.json")
     if not os.path.exists(path):
-        return []
-    results = {label: r for label, r in load_recall(path).items() if r.get(key)}
+        return [], []
+    results = load_recall(path)
+    return recall_table(results, "bins"), recall_table(results, "bins_nearest")
+
+
+def recall_table(results, key):
+    """One table of recall.json's results: a row per checkpoint with bins under `key`, a column per bin."""
+    results = {label: r for label, r in results.items() if r.get(key)}
     if not results:
         return []
     los = sorted({b["lo"] for r in results.values() for b in r[key]})
@@ -557,9 +564,8 @@ def trace_examples(run_dir, limit=2):
 def trace_section(run_dir, logs, draw_plots):
     """The trace task's part of the report: trajectories per checkpoint (greedy and sampled), accuracy against the
     copy distance, the window's use over RL, and examples."""
-    greedy, sampled, by_distance = trace_table(run_dir, "eval"), trace_table(run_dir, "eval-sampled"), \
-        recall_table(run_dir)
-    by_nearest = recall_table(run_dir, "bins_nearest")
+    greedy, sampled = trace_table(run_dir, "eval"), trace_table(run_dir, "eval-sampled")
+    by_distance, by_nearest = recall_tables(run_dir)
     if not (greedy or sampled or by_distance):
         return []
     out = ["## How completions use the window (trace task)", "",
