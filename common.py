@@ -277,7 +277,7 @@ def load_state(path):
 # labels a checkpoint with its directory name, plus -window<W>-sinks<S> when it ran under another window.
 
 # <attention>-<stage>[-<variant>][-seed<N>]: sa-sft, swa64-rl, swa64-sft-oracle, swa64-rl-random-seed1
-ARM_RE = re.compile(r"^(sa|swa(\d+))-(sft|rl)(?:-([a-z][a-z0-9]*))?(?:-seed(\d+))?$")
+ARM_RE = re.compile(r"^(sa|swa(\d+))-(sft|rl)(?:-(?!seed\d+$)([a-z][a-z0-9]*))?(?:-seed(\d+))?$")
 LABEL_RE = re.compile(r"^(.+?)(?:-window(None|\d+)-sinks(\d+))?$")
 
 

@@ -16,7 +16,10 @@
 # stage resumes from its last checkpoint, and evaluation skips the problems it already scored.
 # `rm -rf runs/<preset>` starts over, and the same command can run in pieces, e.g. `timeout 600 bash run.sh
 # trace` repeated. Any variable set in a preset below can be overridden from the environment, an empty value
-# included: `SEEDS="0 1 2" CONTROLS= bash run.sh trace`.
+# included: `SEEDS="0 1 2" CONTROLS= bash run.sh trace`. The controls, the SA model run under the windows and the
+# recall sweep start from the first seed in SEEDS. Two run.sh processes can share a run directory when their
+# stages differ, e.g. on one GPU: `SEEDS= bash run.sh trace` (the data only), then `SEEDS=1 CONTROLS=random
+# bash run.sh trace` and `SEEDS=2 CONTROLS=more RECALL= bash run.sh trace` side by side.
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -39,6 +42,7 @@ case "$preset" in
     : "${SAMPLED_ARGS=--samples 4 --temperature 1 --limit 50}"
     : "${MORE_SFT_ARGS=--steps 20 --lr 3e-4 --warmup-steps 1 --seq-len 1024 --batch-size 8 --val-size 64}"
     : "${CONTROLS=oracle mix0 control-window}" "${SEEDS=0}" "${RL_ARMS=swa sa}"
+    : "${RECALL=yes}"    # empty: no recall sweep (e.g. in a second run.sh on the same run directory)
     ;;
   trace)
     # SmolLM2-135M on the trace task: 3 registers, 4-9 steps, 24 filler tokens per step (SmolLM2 tokens). A
@@ -58,6 +62,7 @@ case "$preset" in
     # "more SFT": as many trained tokens as an RL arm (20 steps of 512 completions of prompt + ~400 tokens)
     : "${MORE_SFT_ARGS=--steps 150 --lr 3e-5 --warmup-steps 5 --seq-len 4096 --batch-size 8 --save-every 0}"
     : "${CONTROLS=oracle mix0 control-window}" "${SEEDS=0}" "${RL_ARMS=swa sa}"
+    : "${RECALL=yes}"    # empty: no recall sweep (e.g. in a second run.sh on the same run directory)
     ;;
   smollm2-gsm8k)
     # A GSM8K prompt plus its solution is a few hundred tokens, so windows of 64 and 128 bind. The synthetic
@@ -147,6 +152,7 @@ trace_experiment() {
   case " $CONTROLS " in *" mix0 "*) stage trace-data-full $gen --window-style-fraction 0 --out-dir "$D/trace-full";; esac
   stage trace-data-sweep python -m data.trace $SWEEP_ARGS --n-train 0 --test-style full --tokenizer "$tok" \
     --out-dir "$D/trace-sweep"
+  [ -n "$SEEDS" ] || return 0  # SEEDS= only writes the data
   local ev="python evaluate.py --tasks trace --data-dir $D --device $DEVICE $EVAL_ARGS"
   # sft NAME WINDOW DATA SEED [FROM [SFT FLAGS]]: one SFT arm (from base/, or from the arm FROM) and its evaluations
   sft() {
@@ -176,17 +182,25 @@ trace_experiment() {
       rl "$arm-rl$s" "$arm-sft$s" "$win" "$seed"
     done
   done
-  for w in $WINDOW $CONTROL_WINDOW; do stage "eval-sa-sft-$w" $ev --out-dir "$R/eval" --ckpt "$R/sa-sft" --window "$w"; done
-  case " $CONTROLS " in *" oracle "*) sft "swa$WINDOW-sft-oracle" "$WINDOW" trace-window 0;; esac
-  case " $CONTROLS " in *" mix0 "*) sft "swa$WINDOW-sft-mix0" "$WINDOW" trace-full 0;; esac
-  case " $CONTROLS " in *" control-window "*) sft "swa$CONTROL_WINDOW-sft" "$CONTROL_WINDOW" trace 0;; esac
-  case " $CONTROLS " in *" random "*) rl "swa$WINDOW-rl-random" "swa$WINDOW-sft" "$WINDOW" 0 --reward random;; esac
+  # The rest starts from the first seed's arms and carries its suffix (none for seed 0).
+  seed=${SEEDS%% *}; s=$([ "$seed" = 0 ] || echo "-seed$seed")
+  for w in $WINDOW $CONTROL_WINDOW; do
+    stage "eval-sa-sft$s-$w" $ev --out-dir "$R/eval" --ckpt "$R/sa-sft$s" --window "$w"
+  done
+  case " $CONTROLS " in *" oracle "*) sft "swa$WINDOW-sft-oracle$s" "$WINDOW" trace-window "$seed";; esac
+  case " $CONTROLS " in *" mix0 "*) sft "swa$WINDOW-sft-mix0$s" "$WINDOW" trace-full "$seed";; esac
+  case " $CONTROLS " in *" control-window "*) sft "swa$CONTROL_WINDOW-sft$s" "$CONTROL_WINDOW" trace "$seed";; esac
+  case " $CONTROLS " in *" random "*)
+    rl "swa$WINDOW-rl-random$s" "swa$WINDOW-sft$s" "$WINDOW" "$seed" --reward random;; esac
   case " $CONTROLS " in *" more "*)
-    sft "swa$WINDOW-sft-more" "$WINDOW" trace 0 "$R/swa$WINDOW-sft" "$MORE_SFT_ARGS";; esac
-  stage recall python analysis/recall.py --data "$D/trace-sweep/test.jsonl" --out "$R/recall.json" --device "$DEVICE" \
-    --ckpt "$R/sa-sft" --ckpt "$R/swa$WINDOW-sft" $([ -d "$R/swa$WINDOW-sft-mix0" ] && echo --ckpt "$R/swa$WINDOW-sft-mix0")
-  stage recall-sa-window python analysis/recall.py --data "$D/trace-sweep/test.jsonl" --out "$R/recall.json" \
-    --device "$DEVICE" --ckpt "$R/sa-sft" --window "$WINDOW"
+    sft "swa$WINDOW-sft-more$s" "$WINDOW" trace "$seed" "$R/swa$WINDOW-sft$s" "$MORE_SFT_ARGS";; esac
+  if [ -n "$RECALL" ]; then
+    local mix0=$R/swa$WINDOW-sft-mix0$s
+    stage "recall$s" python analysis/recall.py --data "$D/trace-sweep/test.jsonl" --out "$R/recall.json" \
+      --device "$DEVICE" --ckpt "$R/sa-sft$s" --ckpt "$R/swa$WINDOW-sft$s" $([ -d "$mix0" ] && echo --ckpt "$mix0")
+    stage "recall-sa-window$s" python analysis/recall.py --data "$D/trace-sweep/test.jsonl" --out "$R/recall.json" \
+      --device "$DEVICE" --ckpt "$R/sa-sft$s" --window "$WINDOW"
+  fi
   python analysis/report.py "$R"
 }
 

@@ -409,6 +409,31 @@ def test_trace_section_by_hand(tmp_path):
     assert "### a (answer 9)" in text and "swa64-rl: right, window style, largest copy distance 52, fits" in text
 
 
+def test_arm_names():
+    groups = {name: report.ARM_RE.match(name).groups() for name in
+              ("sa-sft", "swa64-rl-seed1", "sa-sft-seed12", "swa64-rl-random", "swa64-sft-more-seed2")}
+    assert groups == {"sa-sft": ("sa", None, "sft", None, None),
+                      "swa64-rl-seed1": ("swa64", "64", "rl", None, "1"),
+                      "sa-sft-seed12": ("sa", None, "sft", None, "12"),
+                      "swa64-rl-random": ("swa64", "64", "rl", "random", None),
+                      "swa64-sft-more-seed2": ("swa64", "64", "sft", "more", "2")}
+    assert report.ARM_RE.match("sa-sft-seed") is not None and report.ARM_RE.match("sa-sft@64") is None
+
+
+def test_seed_runs_finds_every_seed(tmp_path):
+    # seeds 0 and 2 have all four arms; seed 1 lacks its SA RL arm; a control's seed is not a seed of the pair
+    answered = {"sa-sft": [1, 1], "sa-rl": [1, 1], "swa64-sft": [0, 0], "swa64-rl": [1, 0],
+                "sa-sft-seed1": [1, 0], "swa64-sft-seed1": [0, 0], "swa64-rl-seed1": [1, 1],
+                "sa-sft-seed2": [1, 1], "sa-rl-seed2": [0, 1], "swa64-sft-seed2": [1, 0], "swa64-rl-seed2": [1, 1],
+                "swa64-rl-random-seed3": [0, 0]}
+    for label, correct in answered.items():
+        os.makedirs(tmp_path / "eval" / label)
+        with open(tmp_path / "eval" / label / "trace.jsonl", "w") as f:
+            f.writelines(json.dumps({"id": i, "correct": [bool(c)]}) + "\n" for i, c in zip("ab", correct))
+    assert report.seed_runs(str(tmp_path), 64) == {0: [[1, 1], [1, 1], [0, 0], [1, 0]],
+                                                   2: [[1, 1], [0, 1], [1, 0], [1, 1]]}
+
+
 def test_experiment_statistics_by_hand():
     assert report.gap_closed(0.6, 0.7, 0.2, 0.5) == pytest.approx((0.4 - 0.2) / 0.4)
     assert report.gap_closed(0.5, 0.7, 0.5, 0.5) is None  # no gap after SFT: nothing to close
