@@ -12,6 +12,9 @@ values end the prompt:
     itself plus the register after it (after C comes A), mod 10. Run 6 steps, then add up all registers.
     Start: A=3 B=5 C=1
 
+With --terse the question is only "Run 6 steps." and the Start line: the rules are left out for a model
+trained from scratch, which learns them from the solutions (the tiny preset), at a quarter of the prompt.
+
 Rows carry "instruction": "": the question says how to answer, and its start values end the prompt
 (common.user_message).
 
@@ -112,8 +115,10 @@ def run_program(start, steps, mod):
     return trace, values
 
 
-def question_text(start, steps, mod):
+def question_text(start, steps, mod, terse=False):
     names = register_names(len(start))
+    if terse:  # the rules left out: a model trained from scratch learns them from the solutions
+        return f"Run {steps} step{'s' if steps != 1 else ''}.\nStart: {state_text(names, start)}"
     holds = "digits" if mod <= 10 else f"numbers from 0 to {mod - 1}"
     return (f"Registers {', '.join(names)} hold {holds}. Each step updates the next register in turn "
             f"({', '.join(names)}, A, ...): it becomes itself plus the register after it (after {names[-1]} "
@@ -207,10 +212,10 @@ def check_settings(registers, steps, mod, filler, window_style_fraction):
         fail(f"window style fraction must be in [0, 1], got {window_style_fraction}")
 
 
-def make_row(problem_id, start, steps, mod, filler, style, tokenizer, costs):
+def make_row(problem_id, start, steps, mod, filler, style, tokenizer, costs, terse=False):
     """A row with both reference solutions measured; it keeps the one in `style`. Filler words depend only
     on the problem's id and the style."""
-    question = question_text(start, steps, mod)
+    question = question_text(start, steps, mod, terse)
     row = {"id": problem_id, "question": question, "instruction": ""}
     prompt = build_prompt(tokenizer, row)
     solutions, max_distance = {}, {}
@@ -226,17 +231,19 @@ def make_row(problem_id, start, steps, mod, filler, style, tokenizer, costs):
 
 
 def make_split(split, n, seed=0, registers=3, steps=(4, 8), mod=10, filler=(24,), window_style_fraction=0.0,
-               tokenizer=None, exclude=()):
+               tokenizer=None, exclude=(), terse=False):
     """n problems of `split`. Candidate i draws its step count and start values from (seed, split, i); a
     question in `exclude` (the test set, when making train) or already taken is skipped, so splits are
     disjoint by construction. Row k of the split gets filler filler[k % len(filler)], and the window style at
-    round(window_style_fraction * n) positions drawn from (seed, split). tokenizer None counts characters."""
+    round(window_style_fraction * n) positions drawn from (seed, split). tokenizer None counts characters;
+    terse questions state only the step count and the start values."""
     check_settings(registers, steps, mod, filler, window_style_fraction)
     tokenizer = toy_tokenizer() if tokenizer is None else tokenizer
     exclude = set(exclude)
     possible = count_problems(registers, steps, mod)
     # excluded questions of these settings (the text before their start values is one of these) use some up
-    rules = {question_text([0] * registers, k, mod).split("\nStart:")[0] for k in range(steps[0], steps[1] + 1)}
+    rules = {question_text([0] * registers, k, mod, terse).split("\nStart:")[0]
+             for k in range(steps[0], steps[1] + 1)}
     taken = sum(q.split("\nStart:")[0] in rules for q in exclude)
     if n > possible - taken:
         fail(f"asked for {n:,} {split} problems, but registers {registers}, steps {steps[0]}..{steps[1]}, "
@@ -250,14 +257,14 @@ def make_split(split, n, seed=0, registers=3, steps=(4, 8), mod=10, filler=(24,)
         k_steps = rng.randint(*steps)
         start = [rng.randrange(mod) for _ in range(registers)]
         i += 1
-        question = question_text(start, k_steps, mod)
+        question = question_text(start, k_steps, mod, terse)
         if question in exclude:
             continue
         exclude.add(question)
         k = len(rows)
         style = "window" if k in window_rows else "full"
         rows.append(make_row(f"trace-{split}-{seed}-{i - 1}", start, k_steps, mod, filler[k % len(filler)],
-                             style, tokenizer, costs))
+                             style, tokenizer, costs, terse))
     return rows
 
 
@@ -422,6 +429,9 @@ def main():
                         help="fraction of the problems whose solution is in window style (exact, at seeded positions)")
     parser.add_argument("--test-style", choices=("mixed", "full", "window"), default="mixed",
                         help="style of the test solutions: mixed as --window-style-fraction, or all one style")
+    parser.add_argument("--terse", action="store_true",
+                        help="questions state only the step count and the start values, not the rules (for a model "
+                             "trained from scratch, which learns the rules from the solutions: 4x shorter prompts)")
     parser.add_argument("--seed", type=int, default=0, help="seed; train and test use distinct streams of it")
     parser.add_argument("--tokenizer", default=None,
                         help="checkpoint or tokenizer directory whose tokens count filler and distances "
@@ -448,7 +458,7 @@ def main():
         tokenizer = Tokenizer.load(args.tokenizer)
 
     settings = dict(seed=args.seed, registers=args.registers, steps=steps, mod=args.mod, filler=filler,
-                    tokenizer=tokenizer)
+                    tokenizer=tokenizer, terse=args.terse)
     test_fraction = {"mixed": args.window_style_fraction, "full": 0.0, "window": 1.0}[args.test_style]
     test = make_split("test", args.n_test, window_style_fraction=test_fraction, **settings)
     train = make_split("train", args.n_train, window_style_fraction=args.window_style_fraction,

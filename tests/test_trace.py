@@ -315,6 +315,21 @@ def test_parser_survives_random_edits_and_tokens():
 # ----------------------------------------------------------------------------------------------------------
 # Splits
 
+def test_terse_question_keeps_problems_and_solutions():
+    assert question_text([3, 5, 1], 6, 10, terse=True) == "Run 6 steps.\nStart: A=3 B=5 C=1"
+    kwargs = dict(steps=(2, 3), filler=(0, 4), window_style_fraction=0.5)
+    full, terse = make_split("test", 12, **kwargs), make_split("test", 12, terse=True, **kwargs)
+    for a, b in zip(full, terse):
+        steps = f"Run {a['steps']} step{'s' * (a['steps'] != 1)}."
+        assert b["question"] == steps + "\n" + a["question"].split("\n")[-1]
+        # distances are counted from the prompt's Start line, which both end with
+        assert {k: a[k] for k in a if k != "question"} == {k: b[k] for k in b if k != "question"}
+    # train and test stay disjoint among terse questions (the rules of the exclusion count)
+    test = make_split("test", 50, registers=2, steps=(4, 5), terse=True)
+    with pytest.raises(UserError, match="make only 200 distinct problems, 50 of them excluded"):
+        make_split("train", 151, registers=2, steps=(4, 5), terse=True, exclude={r["question"] for r in test})
+
+
 def test_deterministic_and_seeded():
     kwargs = dict(filler=(4, 8), window_style_fraction=0.3)
     assert make_split("train", 15, seed=3, **kwargs) == make_split("train", 15, seed=3, **kwargs)
