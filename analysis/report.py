@@ -636,17 +636,20 @@ def gap_closed(sa_sft, sa_rl, swa_sft, swa_rl):
 
 
 def seed_runs(run_dir, window, task="trace"):
-    """{seed: verdicts (4, n) of sa-sft, sa-rl, swa<W>-sft, swa<W>-rl on the problems all four answered, greedy}
-    for every seed whose four arms were evaluated (seed 0 has no suffix, seed s the suffix -seed<s>)."""
+    """{seed: verdicts (4, n) of sa-sft, sa-rl, swa<W>-sft, swa<W>-rl on the problems they all answered, greedy}
+    for every seed whose SA SFT and both SWA arms were evaluated (seed 0 has no suffix, seed s the suffix
+    -seed<s>); sa-rl's row is None in a seed whose SA RL arm was not (its gap recovered is still defined)."""
     seeds = {0} | {int(m.group(5)) for d in os.listdir(os.path.join(run_dir, "eval"))
                    if (m := ARM_RE.match(d)) and m.group(5) and not m.group(4)}
     runs = {}
     for seed in sorted(seeds):
         s = "" if seed == 0 else f"-seed{seed}"
-        shared = shared_verdicts(run_dir, (f"sa-sft{s}", f"sa-rl{s}", f"swa{window}-sft{s}", f"swa{window}-rl{s}"), task)
+        labels = (f"sa-sft{s}", f"sa-rl{s}", f"swa{window}-sft{s}", f"swa{window}-rl{s}")
+        shared = shared_verdicts(run_dir, labels, task) or shared_verdicts(run_dir, labels[:1] + labels[2:], task)
         if shared:
             ids = sorted(shared[0])
-            runs[seed] = [[int(v[i]) for i in ids] for v in shared]
+            rows = [[int(v[i]) for i in ids] for v in shared]
+            runs[seed] = rows if len(rows) == 4 else [rows[0], None, *rows[1:]]
     return runs
 
 
@@ -709,20 +712,21 @@ def experiment_section(run_dir, task="trace"):
         runs = seed_runs(run_dir, w, task)
         if not runs:
             continue
-        lines = [f"### SA against SWA-{w}, per seed", "", "Greedy accuracy (%) on the problems all four models "
-                 "answered; G = SA - SWA (points); gap closed = (G_SFT - G_RL) / G_SFT; recovered = (SWA-RL - "
-                 "SWA-SFT) / (SA-SFT - SWA-SFT). Fits: the share of sampled completions (`eval-sampled/`) whose every "
+        lines = [f"### SA against SWA-{w}, per seed", "", "Greedy accuracy (%) on the problems all of a seed's "
+                 "models answered (\"-\": SA RL not evaluated in that seed); G = SA - SWA (points); gap closed = "
+                 "(G_SFT - G_RL) / G_SFT; recovered = (SWA-RL - SWA-SFT) / (SA-SFT - SWA-SFT). Fits: the share of "
+                 "sampled completions (`eval-sampled/`) whose every "
                  f"copy is within {w - 1} tokens (window {w}), SFT -> RL; for SA too, which attends everything, as a "
                  "measure of how its trajectories change.", "",
                  "| seed | problems | SA SFT | SA RL | SWA SFT | SWA RL | G after SFT | G after RL | gap closed "
                  "| recovered | SWA fits (%) | SA fits at W (%) |", "|---" * 12 + "|"]
-        closed = []
-        shifts = []
+        closed, recovered, shifts = [], [], []
         for seed, verdicts in runs.items():
-            acc = [sum(v) / len(v) for v in verdicts]
-            g = gap_closed(*acc)
+            acc = [None if v is None else sum(v) / len(v) for v in verdicts]
+            g = None if acc[1] is None else gap_closed(*acc)
             closed += [g] if g is not None else []
             rec = gap_recovered(acc[0], acc[2], acc[3])
+            recovered += [rec] if rec is not None else []
             s = "" if seed == 0 else f"-seed{seed}"
 
             def sampled(label):
@@ -736,19 +740,24 @@ def experiment_section(run_dir, task="trace"):
 
             def fits(pair):
                 return "-" if None in (pair[0][0], pair[1][0]) else f"{100 * pair[0][0]:.1f} -> {100 * pair[1][0]:.1f}"
-            lines.append(f"| {seed} | {len(verdicts[0])} | " + " | ".join(f"{100 * a:.1f}" for a in acc)
-                         + f" | {100 * (acc[0] - acc[2]):.1f} | {100 * (acc[1] - acc[3]):.1f} | {fmt(g, '.3f')} "
-                         f"| {fmt(rec, '.3f')} | {fits(swa)} | {fits(sa)} |")
+            g_rl = None if acc[1] is None else 100 * (acc[1] - acc[3])
+            cells = " | ".join(fmt(None if a is None else 100 * a, ".1f") for a in acc)
+            lines.append(f"| {seed} | {len(verdicts[0])} | {cells} | {100 * (acc[0] - acc[2]):.1f} | "
+                         f"{fmt(g_rl, '.1f')} | {fmt(g, '.3f')} | {fmt(rec, '.3f')} | {fits(swa)} | {fits(sa)} |")
         lines.append("")
+
+        def over_seeds(name, values):
+            mean, half = t_interval(values)
+            return (f"{name} over {len(values)} seed(s): mean {mean:.3f}"
+                    + (f", 95% t-interval [{mean - half:.3f}, {mean + half:.3f}]" if half is not None else
+                       " (one seed: no interval over seeds)"))
         if closed:
-            mean, half = t_interval(closed)
-            boot = bootstrap_gap_closed(runs)
-            lines.append(f"Gap closed over {len(closed)} seed(s): mean {mean:.3f}"
-                         + (f", 95% t-interval [{mean - half:.3f}, {mean + half:.3f}]" if half is not None else
-                            " (one seed: no interval over seeds)")
-                         + (f"; bootstrap over seeds and problems [{boot[0]:.3f}, {boot[1]:.3f}]" if boot else "")
-                         + ".")
-            lines.append("")
+            boot = bootstrap_gap_closed({k: v for k, v in runs.items() if v[1] is not None})
+            lines += [over_seeds("Gap closed", closed)
+                      + (f"; bootstrap over seeds and problems [{boot[0]:.3f}, {boot[1]:.3f}]" if boot else "") + ".",
+                      ""]
+        if recovered:
+            lines += [over_seeds("Recovered", recovered) + ".", ""]
         if shifts:
             lines += [f"Shift-share of SWA-{w}'s sampled accuracy change (points): the shift term is what more "
                       "completions fitting the window is worth at their accuracy, the within term what changed within "

@@ -431,7 +431,26 @@ def test_seed_runs_finds_every_seed(tmp_path):
         with open(tmp_path / "eval" / label / "trace.jsonl", "w") as f:
             f.writelines(json.dumps({"id": i, "correct": [bool(c)]}) + "\n" for i, c in zip("ab", correct))
     assert report.seed_runs(str(tmp_path), 64) == {0: [[1, 1], [1, 1], [0, 0], [1, 0]],
+                                                   1: [[1, 0], None, [0, 0], [1, 1]],
                                                    2: [[1, 1], [0, 1], [1, 0], [1, 1]]}
+
+
+def test_experiment_section_with_a_seed_lacking_sa_rl(tmp_path):
+    # seed 0: SA 4/4 -> 4/4, SWA 0/4 -> 2/4: closed 0.5, recovered 0.5; seed 1 (no SA RL): SA 4/4, SWA 1/4 -> 4/4:
+    # recovered 1.0, no gap closed
+    answered = {"sa-sft": [1, 1, 1, 1], "sa-rl": [1, 1, 1, 1], "swa64-sft": [0, 0, 0, 0], "swa64-rl": [1, 1, 0, 0],
+                "sa-sft-seed1": [1, 1, 1, 1], "swa64-sft-seed1": [1, 0, 0, 0], "swa64-rl-seed1": [1, 1, 1, 1]}
+    for label, correct in answered.items():
+        os.makedirs(tmp_path / "eval" / label)
+        with open(tmp_path / "eval" / label / "trace.jsonl", "w") as f:
+            f.writelines(json.dumps({"id": i, "correct": [bool(c)]}) + "\n" for i, c in zip("abcd", correct))
+    os.makedirs(tmp_path / "swa64-rl")
+    text = "\n".join(report.experiment_section(str(tmp_path)))
+    assert "| 0 | 4 | 100.0 | 100.0 | 0.0 | 50.0 | 100.0 | 50.0 | 0.500 | 0.500 | - | - |" in text
+    assert "| 1 | 4 | 100.0 | - | 25.0 | 100.0 | 75.0 | - | - | 1.000 | - | - |" in text
+    assert "Gap closed over 1 seed(s): mean 0.500 (one seed: no interval over seeds)" in text
+    mean, half = report.t_interval([0.5, 1.0])
+    assert f"Recovered over 2 seed(s): mean 0.750, 95% t-interval [{mean - half:.3f}, {mean + half:.3f}]." in text
 
 
 def test_experiment_statistics_by_hand():
