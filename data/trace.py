@@ -117,13 +117,13 @@ def run_program(start, steps, mod):
 
 def question_text(start, steps, mod, terse=False):
     names = register_names(len(start))
+    run, start_line = f"Run {steps} step{'s' if steps != 1 else ''}", f"Start: {state_text(names, start)}"
     if terse:  # the rules left out: a model trained from scratch learns them from the solutions
-        return f"Run {steps} step{'s' if steps != 1 else ''}.\nStart: {state_text(names, start)}"
+        return f"{run}.\n{start_line}"
     holds = "digits" if mod <= 10 else f"numbers from 0 to {mod - 1}"
     return (f"Registers {', '.join(names)} hold {holds}. Each step updates the next register in turn "
             f"({', '.join(names)}, A, ...): it becomes itself plus the register after it (after {names[-1]} "
-            f"comes A), mod {mod}. Run {steps} step{'s' if steps != 1 else ''}, then add up all registers.\n"
-            f"Start: {state_text(names, start)}")
+            f"comes A), mod {mod}. {run}, then add up all registers.\n{start_line}")
 
 
 def state_text(names, values):
@@ -212,10 +212,9 @@ def check_settings(registers, steps, mod, filler, window_style_fraction):
         fail(f"window style fraction must be in [0, 1], got {window_style_fraction}")
 
 
-def make_row(problem_id, start, steps, mod, filler, style, tokenizer, costs, terse=False):
-    """A row with both reference solutions measured; it keeps the one in `style`. Filler words depend only
-    on the problem's id and the style."""
-    question = question_text(start, steps, mod, terse)
+def make_row(problem_id, question, start, steps, mod, filler, style, tokenizer, costs):
+    """A row for `question` with both reference solutions measured; it keeps the one in `style`. Filler words
+    depend only on the problem's id and the style."""
     row = {"id": problem_id, "question": question, "instruction": ""}
     prompt = build_prompt(tokenizer, row)
     solutions, max_distance = {}, {}
@@ -263,8 +262,8 @@ def make_split(split, n, seed=0, registers=3, steps=(4, 8), mod=10, filler=(24,)
         exclude.add(question)
         k = len(rows)
         style = "window" if k in window_rows else "full"
-        rows.append(make_row(f"trace-{split}-{seed}-{i - 1}", start, k_steps, mod, filler[k % len(filler)],
-                             style, tokenizer, costs, terse))
+        rows.append(make_row(f"trace-{split}-{seed}-{i - 1}", question, start, k_steps, mod,
+                             filler[k % len(filler)], style, tokenizer, costs))
     return rows
 
 

@@ -420,16 +420,21 @@ def test_arm_names():
     assert report.ARM_RE.match("sa-sft-seed") is not None and report.ARM_RE.match("sa-sft@64") is None
 
 
+def write_verdicts(run_dir, answered, ids="abcd"):
+    """eval/<label>/trace.jsonl with one greedy verdict per problem id, for {label: [0/1 per id]}."""
+    for label, correct in answered.items():
+        os.makedirs(run_dir / "eval" / label)
+        with open(run_dir / "eval" / label / "trace.jsonl", "w") as f:
+            f.writelines(json.dumps({"id": i, "correct": [bool(c)]}) + "\n" for i, c in zip(ids, correct))
+
+
 def test_seed_runs_finds_every_seed(tmp_path):
     # seeds 0 and 2 have all four arms; seed 1 lacks its SA RL arm; a control's seed is not a seed of the pair
     answered = {"sa-sft": [1, 1], "sa-rl": [1, 1], "swa64-sft": [0, 0], "swa64-rl": [1, 0],
                 "sa-sft-seed1": [1, 0], "swa64-sft-seed1": [0, 0], "swa64-rl-seed1": [1, 1],
                 "sa-sft-seed2": [1, 1], "sa-rl-seed2": [0, 1], "swa64-sft-seed2": [1, 0], "swa64-rl-seed2": [1, 1],
                 "swa64-rl-random-seed3": [0, 0]}
-    for label, correct in answered.items():
-        os.makedirs(tmp_path / "eval" / label)
-        with open(tmp_path / "eval" / label / "trace.jsonl", "w") as f:
-            f.writelines(json.dumps({"id": i, "correct": [bool(c)]}) + "\n" for i, c in zip("ab", correct))
+    write_verdicts(tmp_path, answered, ids="ab")
     assert report.seed_runs(str(tmp_path), 64) == {0: [[1, 1], [1, 1], [0, 0], [1, 0]],
                                                    1: [[1, 0], None, [0, 0], [1, 1]],
                                                    2: [[1, 1], [0, 1], [1, 0], [1, 1]]}
@@ -440,10 +445,7 @@ def test_experiment_section_with_a_seed_lacking_sa_rl(tmp_path):
     # recovered 1.0, no gap closed
     answered = {"sa-sft": [1, 1, 1, 1], "sa-rl": [1, 1, 1, 1], "swa64-sft": [0, 0, 0, 0], "swa64-rl": [1, 1, 0, 0],
                 "sa-sft-seed1": [1, 1, 1, 1], "swa64-sft-seed1": [1, 0, 0, 0], "swa64-rl-seed1": [1, 1, 1, 1]}
-    for label, correct in answered.items():
-        os.makedirs(tmp_path / "eval" / label)
-        with open(tmp_path / "eval" / label / "trace.jsonl", "w") as f:
-            f.writelines(json.dumps({"id": i, "correct": [bool(c)]}) + "\n" for i, c in zip("abcd", correct))
+    write_verdicts(tmp_path, answered)
     os.makedirs(tmp_path / "swa64-rl")
     text = "\n".join(report.experiment_section(str(tmp_path)))
     assert "| 0 | 4 | 100.0 | 100.0 | 0.0 | 50.0 | 100.0 | 50.0 | 0.500 | 0.500 | - | - |" in text
