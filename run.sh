@@ -11,7 +11,8 @@
 # training arm, eval/ (evaluate.py's greedy records and summary.json), eval-sampled/ (sampled at temperature 1),
 # and REPORT.md with its plots. Arms are named <attention>-<stage>[-<variant>][-seed<N>]: sa-sft, swa64-rl,
 # swa64-sft-oracle (SFT on window-style traces only), swa64-sft-mix0 (on full-style traces only), swa64-rl-random
-# (RL on a random reward), swa64-rl-seed1 (seed 1; seed 0 has no suffix).
+# (RL on a random reward), swa64-sft-more and sa-sft-more (more SFT, as much compute as RL: CONTROLS "more" and
+# "sa-more"), swa64-rl-seed1 (seed 1; seed 0 has no suffix).
 # Stopped runs continue: a stage that finished is skipped (runs/<preset>/done/), an interrupted training
 # stage resumes from its last checkpoint, and evaluation skips the problems it already scored.
 # `rm -rf runs/<preset>` starts over, and the same command can run in pieces, e.g. `timeout 600 bash run.sh
@@ -197,6 +198,8 @@ trace_experiment() {
     rl "swa$WINDOW-rl-random$s" "swa$WINDOW-sft$s" "$WINDOW" "$seed" --reward random;; esac
   case " $CONTROLS " in *" more "*)
     sft "swa$WINDOW-sft-more$s" "$WINDOW" trace "$seed" "$R/swa$WINDOW-sft$s" "$MORE_SFT_ARGS";; esac
+  # the same extra SFT for full attention: the gap between the two "more SFT" arms is the gap at matched compute
+  case " $CONTROLS " in *" sa-more "*) sft "sa-sft-more$s" none trace "$seed" "$R/sa-sft$s" "$MORE_SFT_ARGS";; esac
   if [ -n "$RECALL" ]; then
     local mix0=$R/swa$WINDOW-sft-mix0$s
     stage "recall$s" python analysis/recall.py --data "$D/trace-sweep/test.jsonl" --out "$R/recall.json" \

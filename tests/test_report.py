@@ -482,3 +482,29 @@ def test_bootstrap_gap_closed():
     # a seed with no gap after SFT has no defined gap closed and is skipped in each resample
     runs[1] = [sa, sa, sa, sa]
     assert report.bootstrap_gap_closed(runs, n_boot=200) is not None
+
+
+def test_control_table_by_hand(tmp_path):
+    # seed 0: SA 4/4, SWA SFT 0/4, SWA RL 3/4; controls: more SFT 2/4 (one greedy completion of four fits window
+    # 64), the non-binding window 3/4 (no trajectories recorded); an oracle of seed 5, whose seed has no SA SFT,
+    # gives no row
+    write_verdicts(tmp_path, {"sa-sft": [1, 1, 1, 1], "swa64-sft": [0, 0, 0, 0], "swa64-rl": [1, 1, 1, 0],
+                              "swa192-sft": [1, 1, 1, 0], "swa64-sft-oracle-seed5": [1, 1, 1, 1]})
+    for name, records in {
+            "eval": [trace_record(i, [ok], [traj("full", False, d, 0.0, 300)])
+                     for i, ok, d in zip("abcd", (True, True, False, False), (100, 50, 100, 100))],
+            "eval-sampled": [trace_record("a", [True, False], [traj("window", True, 40, 3.0, 380),
+                                                               traj("full", False, 100, 0.0, 300)]),
+                             trace_record("b", [True, True], [traj("window", True, 40, 3.0, 380)] * 2)]}.items():
+        os.makedirs(tmp_path / name / "swa64-sft-more")
+        with open(tmp_path / name / "swa64-sft-more" / "trace.jsonl", "w") as f:
+            f.writelines(json.dumps(r) + "\n" for r in records)
+    text = "\n".join(report.control_table(str(tmp_path), 64))
+    # more: recovered (0.5 - 0) / (1 - 0); gain over SWA SFT d = [1, 1, 0, 0]: 0.5 ± sqrt(2 - 4/4) / 4 = 0.25;
+    # SWA RL minus it d = [0, 0, 1, 0]: 0.25 ± sqrt(1 - 1/4) / 4 = 0.2165; sampled 3 of 4 right, 3 of 4 fit
+    assert ("| swa64-sft-more | 0 | more SFT, as much compute as RL | 4 | 50.0 | 0.500 | +50.0 ± 25.0 | +25.0 ± 21.7 "
+            "| 25.0 | 75.0 | 75.0 |") in text
+    # the non-binding window: 3/4, recovered 0.75, gain d = [1, 1, 1, 0]: 0.75 ± sqrt(3 - 9/4) / 4; RL minus it 0
+    assert "| swa192-sft | 0 | SFT at window 192 | 4 | 75.0 | 0.750 | +75.0 ± 21.7 | +0.0 ± 0.0 | - | - | - |" in text
+    assert "swa64-sft-oracle" not in text
+    assert report.control_table(str(tmp_path / "nothing"), 64) == []
