@@ -484,6 +484,8 @@ def score(records, samples):
     metrics["mean_completion_tokens"] = sum(lengths) / len(lengths)
     finished = [f for r in records for f in r["finished"]]
     metrics["truncated"] = 1 - sum(finished) / len(finished)  # completions that hit max_new_tokens
+    answers = [a for r in records for a in r["answers"]]
+    metrics["parsed"] = sum(a is not None for a in answers) / len(answers)  # completions with an answer to check
     return metrics
 
 

@@ -75,6 +75,9 @@ def parse_args(argv):
                    help="comma-separated tasks: gsm8k, math500, svamp, asdiv, synthetic, trace (and trace-*: records "
                         "how each completion uses the window)")
     g.add_argument("--limit", type=int, default=None, help="evaluate only the first N problems of each task")
+    g.add_argument("--split", default="test", choices=("test", "train"),
+                   help="which problems: train is for picking RL problems (rl.py --solvable-from); its results are "
+                        "kept as <task>-train")
     g.add_argument("--data-dir", default=DATA_DIR, help="directory holding <task>/{train,test}.jsonl")
     g.add_argument("--out-dir", default="eval", help="where per-problem results and summaries are written")
     add_window_args(g)
@@ -104,7 +107,14 @@ def parse_args(argv):
         fail("--tasks names no task")
     if len(set(args.tasks)) < len(args.tasks):
         fail(f"--tasks names a task twice: {','.join(args.tasks)}")
+    if args.split == "train" and args.few_shot:
+        fail("--few-shot draws its examples from the train split: not with --split train")
     return args
+
+
+def result_name(task, split):
+    """The name a task's results are kept under: the task for its test split, <task>-train for the train split."""
+    return task if split == "test" else f"{task}-{split}"
 
 
 def plan(args, summary, summary_path, shots):
@@ -129,7 +139,7 @@ def plan(args, summary, summary_path, shots):
                  f"{ckpt}'s ({weights}): a retrained checkpoint, or another one of the same name; use another "
                  "--out-dir")
         for t in args.tasks:
-            check_results(os.path.join(args.out_dir, label, f"{t}.jsonl"),
+            check_results(os.path.join(args.out_dir, label, f"{result_name(t, args.split)}.jsonl"),
                           eval_settings(config, args.samples, args.temperature, len(shots.get(t, ())),
                                         args.max_new_tokens, weights))
         runs.append((ckpt, label, weights))
@@ -138,7 +148,7 @@ def plan(args, summary, summary_path, shots):
 
 def main(argv=None):
     args = parse_args(argv)
-    problems = {t: load_task(args.data_dir, t, "test")[:args.limit] for t in args.tasks}
+    problems = {t: load_task(args.data_dir, t, args.split)[:args.limit] for t in args.tasks}
     shots = {}
     for t in args.tasks:
         if args.few_shot:
@@ -161,16 +171,17 @@ def main(argv=None):
             torch.cuda.reset_peak_memory_stats()
         results, generated, seconds = {}, 0, 0.0
         for t in args.tasks:
+            name = result_name(t, args.split)
             m = evaluate_task(model, tokenizer, problems[t], args.max_new_tokens, args.batch_size, args.samples,
-                              args.temperature, shots.get(t, ()), os.path.join(args.out_dir, label, f"{t}.jsonl"),
-                              args.seed, desc=f"{label} {t}",
+                              args.temperature, shots.get(t, ()), os.path.join(args.out_dir, label, f"{name}.jsonl"),
+                              args.seed, desc=f"{label} {name}",
                               trajectory=trace.trajectory if trace.is_trace_task(t) else None,
                               ckpt=os.path.abspath(ckpt), weights=weights)
-            results[t] = m
+            results[name] = m
             if m["tokens_per_s"]:
                 generated += m["generated_tokens"]
                 seconds += m["generated_tokens"] / m["tokens_per_s"]
-            print(f"{label} {t}: " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
+            print(f"{label} {name}: " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
                                                for k, v in m.items()))
         entry = summary.setdefault(label, {"tasks": {}})
         entry["tasks"].update(results)

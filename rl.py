@@ -33,6 +33,9 @@ Each step the policy writes G solutions to each of a few training problems, unde
     python rl.py --ckpt ckpt/sft-swa512 --task gsm8k --resume             # continue an interrupted run
     python rl.py --ckpt ckpt/sft-swa512 --task gsm8k --algo grpo --out ckpt/rl-grpo
     python rl.py --ckpt ckpt/sft-swa64 --task trace --reward random --out ckpt/rl-random   # the control
+    python evaluate.py --ckpt ckpt/sft-swa512 --tasks gsm8k --split train --limit 1024 --samples 16 \
+        --temperature 1 --out-dir eval-train        # then RL on the problems it solved sometimes:
+    python rl.py --ckpt ckpt/sft-swa512 --task gsm8k --solvable-from eval-train/sft-swa512/gsm8k-train.jsonl
     python rl.py --ckpt ckpt/sft-full --task synthetic --window 64 --sinks 4   # RL under another window
     torchrun --standalone --nproc_per_node=8 rl.py --ckpt ckpt/sft-swa512 --task gsm8k
 
@@ -59,7 +62,7 @@ from tqdm import tqdm
 
 from common import (DATA_DIR, EVAL_TASK, METRICS_FILE, STATE_FILE, MetricsLog, add_window_args, apply_window,
                     build_prompt, check_window_args, close_distributed, evaluate_task, fail, init_distributed,
-                    load_state, load_task, print0, run_main, save_run)
+                    load_state, load_task, print0, read_records, run_main, save_run, weights_id)
 from data import trace
 from data.answers import find_answer, is_correct
 from model import generate_continuous, load_checkpoint, recover_checkpoint
@@ -225,6 +228,9 @@ def parse_args(argv):
     g.add_argument("--data-dir", default=DATA_DIR, help="directory holding <task>/{train,test}.jsonl")
     g.add_argument("--out", default=None, help="checkpoint directory to write (default ckpt/rl-<task>)")
     g.add_argument("--resume", action="store_true", help="continue --out: weights, optimizer, step, RNGs")
+    g.add_argument("--solvable-from", default=None,
+                   help="records of --ckpt sampled several times on the training problems (evaluate.py --split "
+                        "train --samples 16 --temperature 1): train only on those it solved sometimes, not always")
     add_window_args(g)
     g = parser.add_argument_group("rollouts")
     g.add_argument("--steps", type=int, default=200, help="RL steps (one rollout batch each)")
@@ -317,6 +323,23 @@ def check_args(args):
         fail("--kl-beta, --tis-cap, --warmup-steps and --eval-every must be >= 0 and --lr > 0")
     if args.old_logprobs == "sampler" and args.tis_cap:
         args.tis_cap = 0.0  # the ratio is already against the sampler: there is nothing left to correct
+
+
+def solvable_problems(problems, path, weights):
+    """The problems that the records at `path` (an evaluation of the starting model, several samples each) show
+    solved sometimes but not always: the only ones whose group can hold both rewards, so RL learns from them."""
+    if not os.path.isfile(path):
+        fail(f"--solvable-from {path} not found")
+    records = read_records(path)
+    if any(r["settings"].get("weights") != weights for r in records):
+        fail(f"--solvable-from {path} holds records of other weights than --ckpt ({weights})")
+    if all(len(r["correct"]) < 2 for r in records):
+        fail(f"--solvable-from {path} has one completion per problem: sample several (--samples 16 --temperature 1)")
+    rate = {r["id"]: sum(r["correct"]) / len(r["correct"]) for r in records}
+    kept = [p for p in problems if 0 < rate.get(p["id"], 0) < 1]
+    if not kept:
+        fail(f"--solvable-from {path}: no training problem was solved sometimes but not always")
+    return kept
 
 
 def algorithm_settings(args):
@@ -582,6 +605,9 @@ def main(argv=None):
 
     # -- data and model ----------------------------------------------------------------------------------------
     problems = load_task(args.data_dir, args.task, "train")
+    if args.solvable_from:
+        problems = solvable_problems(problems, args.solvable_from, weights_id(args.ckpt))
+        print0(f"{len(problems)} training problems solved sometimes, not always, in {args.solvable_from}")
     eval_task = args.eval_task or EVAL_TASK.get(args.task, args.task)
     held_out = load_task(args.data_dir, eval_task, "test")[:args.eval_limit] if args.eval_every else []
     model, tokenizer, _ = load_checkpoint(args.ckpt, device=device)  # float32 master weights

@@ -5,7 +5,8 @@
 #     bash run.sh tiny              # CPU, a few minutes: a toy byte-level model on a toy trace task
 #     bash run.sh trace             # one GPU: SmolLM2-135M-Instruct on the trace task (data/trace.py), where the
 #                                   # window binds inside the solution; SA vs SWA, controls, RL, the recall sweep
-#     bash run.sh smollm2-gsm8k     # one GPU: SmolLM2-135M-Instruct on GSM8K and the synthetic task
+#     bash run.sh gsm8k             # one GPU: SmolLM2-135M-Instruct on GSM8K, the experiment's real-data arm
+#     bash run.sh smollm2-gsm8k     # one GPU: SmolLM2-135M-Instruct on GSM8K and the synthetic task (earlier runs)
 #
 # Everything goes under runs/<preset>/ (or $RUNS/<preset>/): base/ (the starting model), one directory per
 # training arm, eval/ (evaluate.py's greedy records and summary.json), eval-sampled/ (sampled at temperature 1),
@@ -68,6 +69,20 @@ case "$preset" in
     : "${CONTROLS=oracle mix0 control-window}" "${SEEDS=0}" "${RL_ARMS=swa sa}"
     : "${RECALL=yes}"    # empty: no recall sweep (e.g. in a second run.sh on the same run directory)
     ;;
+  gsm8k)
+    # The secondary, real-data arm of the experiment: SmolLM2-135M on GSM8K, the instruction before the question
+    # (the question ends the prompt), windows that bind inside a solution but hold the question, RL on the training
+    # problems each SFT model solves sometimes but not always (16 samples each), a format-only reward control, and
+    # window 64 with the old layout (instruction after the question) beside the new one: that confound's size.
+    : "${WINDOWS=128 192}" "${SINKS=4}" "${SEEDS=0}" "${RL_ARMS=swa sa}" "${CONTROLS=format layout}"
+    : "${DEVICE=cuda}"
+    : "${SFT_ARGS=--epochs 2 --lr 1e-4 --warmup-steps 10 --seq-len 2048 --batch-size 16 --save-every 50}"
+    : "${SOLVABLE=yes}"  # empty: RL draws from every training problem (dynamic sampling still drops dull groups)
+    : "${SELECT_ARGS=--limit 1024 --samples 16 --temperature 1 --max-new-tokens 384 --batch-size 1024}"
+    : "${RL_ARGS=--steps 60 --prompts-per-step 32 --group-size 16 --max-new-tokens 384 --gen-batch 512
+                  --batch-size 32 --lr 5e-6 --warmup-steps 3 --eval-every 0 --save-every 10}"
+    : "${EVAL_ARGS=--max-new-tokens 384 --batch-size 1024}"
+    ;;
   smollm2-gsm8k)
     # A GSM8K prompt plus its solution is a few hundred tokens, so windows of 64 and 128 bind. The synthetic
     # part sets the binding distance exactly: the first number is 0, 64 or 256 tokens before the question.
@@ -87,7 +102,7 @@ case "$preset" in
     : "${EVAL_ARGS=--max-new-tokens 384 --batch-size 1024}"
     ;;
   *)
-    echo "usage: bash run.sh PRESET   (presets: tiny, trace, smollm2-gsm8k)" >&2
+    echo "usage: bash run.sh PRESET   (presets: tiny, trace, gsm8k, smollm2-gsm8k)" >&2
     exit 2
     ;;
 esac
@@ -210,6 +225,52 @@ trace_experiment() {
   python analysis/report.py "$R"
 }
 
+# gsm8k_experiment: GSM8K from $R/base (the `gsm8k` preset). Per seed: SA and SWA SFT at each window, each
+# evaluated greedily on the GSM8K test set (accuracy, parse rate, truncation); then, per RL arm, its SFT model
+# sampled on training problems (eval-train/) and RL on those it solved sometimes. Then the controls and the SA
+# model run under each window.
+gsm8k_experiment() {
+  local D=data seed s w arm a
+  local ev="python evaluate.py --data-dir $D --device $DEVICE --out-dir $R/eval $EVAL_ARGS"
+  # sft_arm NAME WINDOW DATA SEED: SFT from base/ on $D/DATA/train.jsonl, evaluated on the task DATA
+  sft_arm() {
+    stage "$1" python sft.py --ckpt "$R/base" --out "$R/$1" --window "$2" --sinks "$SINKS" --data "$D/$3/train.jsonl" \
+      --device "$DEVICE" --eval-every 0 --seed "$4" $SFT_ARGS $(resume "$R/$1")
+    stage "eval-$1" $ev --tasks "$3" --ckpt "$R/$1"
+  }
+  # rl_arm NAME FROM SEED [RL FLAGS]: RL from the SFT arm FROM on the problems it solved sometimes, evaluated
+  rl_arm() {
+    local name=$1 from=$2 seed=$3 pick=(); shift 3
+    if [ -n "$SOLVABLE" ]; then
+      stage "select-$from" python evaluate.py --tasks gsm8k --split train --data-dir "$D" --device "$DEVICE" \
+        --out-dir "$R/eval-train" --ckpt "$R/$from" $SELECT_ARGS
+      pick=(--solvable-from "$R/eval-train/$from/gsm8k-train.jsonl")
+    fi
+    stage "$name" python rl.py --ckpt "$R/$from" --out "$R/$name" --task gsm8k --data-dir "$D" --device "$DEVICE" \
+      --no-progress --seed "$seed" "${pick[@]}" $RL_ARGS "$@" $(resume "$R/$name")
+    stage "eval-$name" $ev --tasks gsm8k --ckpt "$R/$name"
+  }
+  for seed in $SEEDS; do
+    s=$([ "$seed" = 0 ] || echo "-seed$seed")
+    sft_arm "sa-sft$s" none gsm8k "$seed"
+    for w in $WINDOWS; do sft_arm "swa$w-sft$s" "$w" gsm8k "$seed"; done
+    for arm in $RL_ARMS; do
+      for a in $([ "$arm" = sa ] && echo sa || for w in $WINDOWS; do echo "swa$w"; done); do
+        rl_arm "$a-rl$s" "$a-sft$s" "$seed"
+      done
+    done
+  done
+  seed=${SEEDS%% *}; s=$([ "$seed" = 0 ] || echo "-seed$seed"); w=${WINDOWS%% *}
+  case " $CONTROLS " in *" format "*) rl_arm "swa$w-rl-format$s" "swa$w-sft$s" "$seed" --reward format;; esac
+  case " $CONTROLS " in *" layout "*)
+    sft_arm "swa64-sft$s" 64 gsm8k "$seed"
+    sft_arm "swa64-sft-after$s" 64 gsm8k-instruction-after "$seed";; esac
+  for w in $WINDOWS; do
+    stage "eval-sa-sft$s-$w" $ev --tasks gsm8k --ckpt "$R/sa-sft$s" --window "$w" --sinks "$SINKS"
+  done
+  python analysis/report.py "$R"
+}
+
 if [ "$preset" = tiny ]; then
   stage init python - "$R/init" $MODEL <<'EOF'
 import sys
@@ -231,6 +292,10 @@ EOF
 elif [ "$preset" = trace ]; then
   stage convert python convert.py --src smollm2-135m-instruct --out "$R/base" --window none
   trace_experiment
+elif [ "$preset" = gsm8k ]; then
+  [ -f data/gsm8k-instruction-after/test.jsonl ] || stage prepare-data python -m data.prepare --instruction-after
+  stage convert python convert.py --src smollm2-135m-instruct --out "$R/base" --window none
+  gsm8k_experiment
 else
   for t in gsm8k svamp asdiv; do
     [ -f "data/$t/test.jsonl" ] || stage prepare-data python -m data.prepare

@@ -163,20 +163,24 @@ def gap_recovered(sa_sft, swa_sft, swa_rl):
 
 def table(summary, rows, tasks):
     lines = ["| attention | window | stage | checkpoint | " + " | ".join(f"{t} accuracy (%)" for t in tasks)
-             + " | mean completion tokens | generation tokens/s | peak memory (GB) |",
-             "|---" * (len(tasks) + 7) + "|"]
+             + " | mean completion tokens | parsed (%) | truncated (%) | generation tokens/s | peak memory (GB) |",
+             "|---" * (len(tasks) + 9) + "|"]
     for r in rows:
         e = r["entry"]
         stage = STAGES[r["stage"]]
         if r["stage"] != "base" and r["trained_window"] != r["window"]:
             stage += f" (trained at {window_text(r['trained_window'])})"  # e.g. the SA model run under a window
-        lengths = [m["mean_completion_tokens"] for m in e["tasks"].values() if m.get("mean_completion_tokens")]
-        mean_len = sum(lengths) / len(lengths) if lengths else None
+
+        def mean_over_tasks(key, scale=1.0):  # None when no task has it (summaries made before it was recorded)
+            values = [m[key] for m in e["tasks"].values() if m.get(key) is not None]
+            return scale * sum(values) / len(values) if values else None
         lines.append(f"| {'SA (full)' if r['window'] is None else 'SWA'} | {window_text(r['window'])}"
                      + (f" + {r['sinks']} sinks" if r["sinks"] else "") + f" | {stage} | {r['label']} | "
                      + " | ".join(percent(*accuracy(summary, r["label"], t)) for t in tasks)
-                     + f" | {fmt(mean_len, '.1f')} | {fmt(e.get('tokens_per_s'), '.0f')}"
-                     + f" | {fmt(e.get('peak_memory_gb'), '.2f')} |")
+                     + f" | {fmt(mean_over_tasks('mean_completion_tokens'), '.1f')}"
+                     + f" | {fmt(mean_over_tasks('parsed', 100), '.1f')}"
+                     + f" | {fmt(mean_over_tasks('truncated', 100), '.1f')}"
+                     + f" | {fmt(e.get('tokens_per_s'), '.0f')} | {fmt(e.get('peak_memory_gb'), '.2f')} |")
     return lines
 
 
@@ -703,7 +707,8 @@ def shift_share(before, after):
 
 
 CONTROL_KINDS = {"oracle": "SFT on window-style traces only", "mix0": "SFT on full-style traces only",
-                 "more": "more SFT, as much compute as RL", "random": "RL on a random reward"}
+                 "more": "more SFT, as much compute as RL", "random": "RL on a random reward",
+                 "format": "RL on a format-only reward"}
 
 
 def control_table(run_dir, window, task="trace"):
@@ -829,8 +834,9 @@ def build_report(run_dir, draw_plots=True):
     out = [f"# Report: {os.path.basename(os.path.normpath(run_dir))}", "",
            "Accuracy, lengths, speed and memory from evaluate.py (`eval/summary.json`). Accuracy is shown ± its "
            "binomial standard error sqrt(p(1-p)/n) over the task's n problems; each row is a single run, so this is "
-           "not a spread over seeds. Mean completion tokens are averaged over tasks; peak memory is the evaluating "
-           "process's peak (CPU: whole-process RSS).", "", *table(summary, rows, tasks), ""]
+           "not a spread over seeds. Mean completion tokens, the share of completions with an answer to check "
+           "(parsed) and of those cut at the length limit (truncated) are averaged over tasks; peak memory is the "
+           "evaluating process's peak (CPU: whole-process RSS).", "", *table(summary, rows, tasks), ""]
     if other:
         out += ["Evaluations outside this layout, not in the table: " + ", ".join(other) + ".", ""]
     by_gap = gap_breakdown(run_dir, rows)
@@ -910,8 +916,9 @@ def build_report(run_dir, draw_plots=True):
                     f"![{title}](accuracy_vs_window.png)", ""]
 
     traced = trace_section(run_dir, logs, draw_plots)
-    if os.path.isdir(os.path.join(run_dir, "eval")):
-        out += experiment_section(run_dir)
+    experiment_task = "trace" if "trace" in tasks else next((t for t in MATH_TASKS if t in tasks), None)
+    if experiment_task and os.path.isdir(os.path.join(run_dir, "eval")):
+        out += experiment_section(run_dir, experiment_task)
     out += traced or ["## Trajectories", "", *trajectories(run_dir, windows, tasks), ""]
     return "\n".join(out)
 

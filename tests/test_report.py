@@ -34,9 +34,9 @@ def toy_tokens(text):
     return len(text) - 11 * text.count("<|im_start|>") - 9 * text.count("<|im_end|>")
 
 
-def task(acc, length=20.0, n=10):
+def task(acc, length=20.0, n=10, **more):
     return {"n_problems": n, "accuracy": acc, "mean_completion_tokens": length, "generated_tokens": 200,
-            "tokens_per_s": 100.0, "truncated": 0.0}
+            "tokens_per_s": 100.0, "truncated": 0.0, **more}
 
 
 def entry(tasks, tokens_per_s=1000.0, memory=0.5):
@@ -52,7 +52,8 @@ def record(problem_id, completion, correct):
 def fabricate(tmp_path, sa_sft=0.8, swa64_sft=0.3, swa64_rl=0.55):
     run = tmp_path / "run"
     summary = {
-        "base-windowNone-sinks0": entry({"gsm8k": task(0.5), "svamp": task(0.4, 40.0)}),
+        "base-windowNone-sinks0": entry({"gsm8k": task(0.5, parsed=0.9, truncated=0.1),
+                                         "svamp": task(0.4, 40.0, parsed=0.7, truncated=0.3)}),
         "base-window64-sinks0": entry({"gsm8k": task(0.1)}, 1200.0, 0.4),
         "base-window128-sinks0": entry({"gsm8k": task(0.2)}, 1100.0, 0.4),
         "sa-sft": entry({"gsm8k": task(sa_sft, 30.0)}, 900.0, 0.6),
@@ -107,14 +108,16 @@ def test_table(tmp_path):
     assert [r.split(" | ")[3] for r in rows[1:]] == [
         "base-windowNone-sinks0", "sa-sft", "sa-rl", "base-window64-sinks0", "sa-sft-window64-sinks0", "swa64-sft",
         "swa64-rl", "swa64-rl-seed1", "base-window128-sinks0", "swa128-sft", "swa128-rl"]
-    # accuracy ± sqrt(p(1-p)/n), n = 10; mean completion tokens averaged over tasks: (20 + 40) / 2
+    # accuracy ± sqrt(p(1-p)/n), n = 10; mean completion tokens, parsed and truncated averaged over tasks:
+    # (20 + 40) / 2, (90 + 70) / 2, (10 + 30) / 2; no parse rate recorded: "-"
     assert rows[1] == ("| SA (full) | full | before SFT | base-windowNone-sinks0 | 50.0 ± 15.8 | 40.0 ± 15.5 | 30.0 "
-                       "| 1000 | 0.50 |")
-    assert rows[2] == "| SA (full) | full | SFT | sa-sft | 80.0 ± 12.6 | - | 30.0 | 900 | 0.60 |"
-    assert rows[5] == ("| SWA | 64 | SFT (trained at full) | sa-sft-window64-sinks0 | 30.0 ± 14.5 | - | 20.0 | 1500 "
-                       "| 0.30 |")
-    assert rows[7] == "| SWA | 64 | SFT + RL | swa64-rl | 55.0 ± 15.7 | - | 20.0 | 1600 | 0.30 |"
-    assert rows[9] == "| SWA | 128 | before SFT | base-window128-sinks0 | 20.0 ± 12.6 | - | 20.0 | 1100 | 0.40 |"
+                       "| 80.0 | 20.0 | 1000 | 0.50 |")
+    assert rows[2] == "| SA (full) | full | SFT | sa-sft | 80.0 ± 12.6 | - | 30.0 | - | 0.0 | 900 | 0.60 |"
+    assert rows[5] == ("| SWA | 64 | SFT (trained at full) | sa-sft-window64-sinks0 | 30.0 ± 14.5 | - | 20.0 | - "
+                       "| 0.0 | 1500 | 0.30 |")
+    assert rows[7] == "| SWA | 64 | SFT + RL | swa64-rl | 55.0 ± 15.7 | - | 20.0 | - | 0.0 | 1600 | 0.30 |"
+    assert rows[9] == ("| SWA | 128 | before SFT | base-window128-sinks0 | 20.0 ± 12.6 | - | 20.0 | - | 0.0 | 1100 "
+                       "| 0.40 |")
     assert "not in the table" not in text  # another seed is a row of its own
     rl = table_rows(section(text, "RL"))
     assert [r.split(" | ")[0] for r in rl[1:]] == ["| sa-rl", "| swa64-rl", "| swa64-rl-seed1", "| swa128-rl"]
@@ -129,6 +132,10 @@ def test_gap(tmp_path):
     assert rows[1] == "| 64 | gsm8k | 80.0 ± 12.6 | 30.0 ± 14.5 | 55.0 ± 15.7 | 0.500 | +100.0 ± 0.0 (2 fixed, 0 broken) | - |"
     assert rows[2] == "| 64 | svamp | - | - | - | undefined | - | - |"
     assert rows[3].startswith("| 128 | gsm8k | 80.0 ± 12.6 | 80.0 ± 12.6 | 85.0 ± 11.3 | undefined |")  # no gap
+    # a run without the trace task gets the per-seed experiment on its math task: on p1, the one problem all four
+    # models answered, SA 1 -> 1 and SWA-64 0 -> 1 (no sampled records: no fits)
+    experiment = section((run / "REPORT.md").read_text(), "The experiment: does RL close the window's gap?")
+    assert "| 0 | 1 | 100.0 | 100.0 | 0.0 | 100.0 | 100.0 | 0.0 | 1.000 | 1.000 | - | - |" in experiment
 
 
 def test_rl_on_both_arms(tmp_path):

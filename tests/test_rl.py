@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import load_file
 
 import rl
-from common import UserError, build_prompt, write_jsonl
+from common import UserError, build_prompt, weights_id, write_jsonl
 from model import Config, Transformer, save_checkpoint
 from tokenizer import toy_tokenizer
 
@@ -357,3 +357,26 @@ def test_trajectory_metrics_by_hand():
     got = rl.trajectory_metrics(m)
     assert got == {"fits_window": 0.75, "window_style": 0.25, "full_style": 0.5, "restatements_per_step": 1.0,
                    "max_distance_mean": 60.0, "accuracy_fits": pytest.approx(2 / 3), "accuracy_not_fits": 0.0}
+
+
+def test_solvable_from_keeps_problems_solved_sometimes(toy, tmp_path):
+    weights = weights_id(str(toy / "sft"))
+
+    def records(path, verdicts, weights=weights):
+        write_jsonl(str(path), [{"id": i, "settings": {"weights": weights}, "correct": c, "majority_correct": c[0],
+                                 "completion_tokens": [1] * len(c), "finished": [True] * len(c)}
+                                for i, c in verdicts.items()])
+        return str(path)
+    # toy-0 always right, toy-1 never, toy-2 half the time, toy-3 not sampled: only toy-2 can teach anything
+    path = records(tmp_path / "r.jsonl", {"toy-0": [True, True], "toy-1": [False, False], "toy-2": [True, False]})
+    assert [p["id"] for p in rl.solvable_problems(toy_problems(4), path, weights)] == ["toy-2"]
+    log = run(toy, "solvable", "--task", "toy", "--steps", "1", "--solvable-from", path)
+    assert len(log) == 1
+    with pytest.raises(UserError, match="other weights"):
+        rl.solvable_problems(toy_problems(4), records(tmp_path / "o.jsonl", {"toy-2": [True, False]}, "x"), weights)
+    with pytest.raises(UserError, match="one completion per problem"):
+        rl.solvable_problems(toy_problems(4), records(tmp_path / "one.jsonl", {"toy-2": [True]}), weights)
+    with pytest.raises(UserError, match="no training problem"):
+        rl.solvable_problems(toy_problems(4), records(tmp_path / "none.jsonl", {"toy-0": [True, True]}), weights)
+    with pytest.raises(UserError, match="not found"):
+        rl.solvable_problems(toy_problems(4), str(tmp_path / "missing.jsonl"), weights)
