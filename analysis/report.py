@@ -48,6 +48,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from common import (ARM_RE, INSTRUCTION, LABEL_RE, fail, read_json, read_jsonl, read_records,  # noqa: E402
                     read_summary, run_main, write_text)
+from data import trace  # noqa: E402
 from tokenizer import CHATML, Tokenizer  # noqa: E402
 
 EPS = 1e-9
@@ -514,6 +515,46 @@ def trace_table(run_dir, eval_dir, task="trace"):
     return [TRACE_COLUMNS, "|---" * 13 + "|", *lines] if lines else []
 
 
+COPY_BIN = 32  # tokens per bin of the copy-fidelity table; the last bin (4 x COPY_BIN and beyond) is open
+
+
+def copy_fidelity_table(run_dir, eval_dir="eval", task="trace"):
+    """Per checkpoint, the share of copies in its own completions that hold the register's value, by the distance to
+    the value's nearest earlier write or faithful copy (data.trace.trace_stats on the re-tokenized records); []
+    without base/'s tokenizer or trace records."""
+    path = os.path.join(run_dir, eval_dir, "summary.json")
+    try:
+        tok = Tokenizer.load(os.path.join(run_dir, "base"))
+    except OSError:
+        return []
+    if not os.path.exists(path):
+        return []
+    rows, _ = evaluations(read_summary(path), run_dir)
+    counts = {}
+    for r in rows:
+        records_path = os.path.join(run_dir, eval_dir, r["label"], f"{task}.jsonl")
+        if not os.path.exists(records_path):
+            continue
+        copies, faithful = collections.Counter(), collections.Counter()
+        for record in label_records(records_path, "prompt", "completions"):
+            prompt = tok.encode_special(record["prompt"])
+            for completion in record["completions"]:
+                for c in trace.trace_stats(prompt, tok.encode(completion), tok)["copies"]:
+                    b = min(c["nearest"] // COPY_BIN, 4)
+                    copies[b] += 1
+                    faithful[b] += c["faithful"]
+        counts[(r["label"], r["window"])] = copies, faithful
+    bins = sorted({b for copies, _ in counts.values() for b in copies})
+    if not bins:
+        return []
+    names = [f"{b * COPY_BIN}-{(b + 1) * COPY_BIN - 1}" if b < 4 else f"{b * COPY_BIN}+" for b in bins]
+    lines = ["| checkpoint | window | " + " | ".join(names) + " |", "|---" * (len(bins) + 2) + "|"]
+    for (label, window), (copies, faithful) in counts.items():
+        cells = [f"{100 * faithful[b] / copies[b]:.1f} ({copies[b]})" if copies[b] else "-" for b in bins]
+        lines.append(f"| {label} | {window_text(window)} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def recall_tables(run_dir):
     """Teacher-forced per-copy accuracy against copy distance (analysis/recall.py's <run>/recall.json): how far
     back each checkpoint recalls a value, directly or through its layers. Two tables, each [] when it has no
@@ -583,6 +624,14 @@ def trace_section(run_dir, logs, draw_plots):
     if sampled:
         out += ["Sampled at temperature 1 (`eval-sampled/`): a mixed-style model's greedy decoding can hide the "
                 "style it writes less often.", "", *sampled, ""]
+    fidelity = copy_fidelity_table(run_dir)
+    if fidelity:
+        out += ["### Copies in the models' own completions", "", "Every copy of a register's value in each model's "
+                "greedy completions (`eval/`, re-tokenized), by the distance from the query that predicts it to the "
+                "value's nearest earlier write or faithful copy, in bins of 32 tokens: % of copies that hold the "
+                "register's value (number of copies). An erring copy leaves the nearest faithful occurrence where it "
+                "was, so the copies after it count as farther back. A digit guessed at random is right 10% of the "
+                "time.", "", *fidelity, ""]
     if by_distance:
         out += ["### Recall against copy distance", "", "Teacher-forced (analysis/recall.py): full-style reference "
                 "solutions with fillers of several lengths are fed as they are, and at every copy the model's most "

@@ -515,3 +515,29 @@ def test_control_table_by_hand(tmp_path):
     assert "| swa192-sft | 0 | SFT at window 192 | 4 | 75.0 | 0.750 | +75.0 ± 21.7 | +0.0 ± 0.0 | - | - | - |" in text
     assert "swa64-sft-oracle" not in text
     assert report.control_table(str(tmp_path / "nothing"), 64) == []
+
+
+def test_copy_fidelity_table(tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    (run / "eval").mkdir(parents=True)
+    (run / "base").mkdir()
+    toy_tokenizer().save(run / "base")
+    (run / "eval" / "summary.json").write_text(json.dumps({"sa-sft": entry({"trace": task(1.0)}),
+                                                           "swa64-sft": entry({"trace": task(0.5)})}))
+    for label, window, completions in (("sa-sft", None, ["a"]), ("swa64-sft", 64, ["a", "b"])):
+        (run / label).mkdir()
+        (run / label / "config.json").write_text(json.dumps({"window": window}))
+        (run / "eval" / label).mkdir()
+        (run / "eval" / label / "trace.jsonl").write_text(json.dumps(
+            {"id": "p", "prompt": "<|im_start|>user\nStart: A=1<|im_end|>\n", "completions": completions,
+             "correct": [True] * len(completions)}) + "\n")
+    # completion "a" copies a value 10 tokens back right and one 70 back wrong; "b" one 70 back right and one 200
+    # back wrong
+    copies = {"a": [(10, True), (70, False)], "b": [(70, True), (200, False)]}
+    monkeypatch.setattr(report.trace, "trace_stats", lambda prompt, completion, tok: {"copies": [
+        {"nearest": d, "faithful": ok} for d, ok in copies[tok.decode(completion)]]})
+    assert report.copy_fidelity_table(str(run)) == [
+        "| checkpoint | window | 0-31 | 64-95 | 128+ |", "|---|---|---|---|---|",
+        "| sa-sft | full | 100.0 (1) | 0.0 (1) | - |",
+        "| swa64-sft | 64 | 100.0 (1) | 50.0 (2) | 0.0 (1) |"]
+    assert report.copy_fidelity_table(str(tmp_path / "nothing")) == []
