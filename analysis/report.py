@@ -947,11 +947,14 @@ def build_report(run_dir, draw_plots=True):
         names = {("base", "base"): "base", ("sa", "sft"): "SA SFT", ("sa", "rl"): "SA SFT+RL",
                  ("swa", "sft"): "SWA SFT", ("swa", "rl"): "SWA SFT+RL"}
         series = {name: [] for name in names.values()}
+        # attention sinks change the model: points keep the sinks the trained arms have (the most common)
+        arm_sinks = collections.Counter(r["sinks"] for r in rows if r["trained"] != "base").most_common(1)
+        sinks = arm_sinks[0][0] if arm_sinks else 0
         for r in rows:
             p, _ = accuracy(summary, r["label"], main_task)
-            # attention sinks change the model, and an SWA arm run under another window is not "its" window
-            if p is None or r["sinks"] or r["replicate"] or (r["trained"].startswith("swa")
-                                                             and r["window"] != r["trained_window"]):
+            # an SWA arm run under another window is not "its" window
+            if p is None or r["sinks"] != sinks or r["replicate"] or (r["trained"].startswith("swa")
+                                                                      and r["window"] != r["trained_window"]):
                 continue
             x = len(evaluated) if r["window"] is None else evaluated.index(r["window"])
             series[names[r["trained"].rstrip("0123456789"), r["stage"]]].append((x, p))

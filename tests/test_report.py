@@ -541,3 +541,18 @@ def test_copy_fidelity_table(tmp_path, monkeypatch):
         "| sa-sft | full | 100.0 (1) | 0.0 (1) | - |",
         "| swa64-sft | 64 | 100.0 (1) | 50.0 (2) | 0.0 (1) |"]
     assert report.copy_fidelity_table(str(tmp_path / "nothing")) == []
+
+
+def test_accuracy_against_window_keeps_the_arms_sinks(tmp_path, monkeypatch):
+    # every trained arm has 4 sinks (as the trace preset's do): their points stay; the base model and the SA model
+    # run without sinks are another model and leave the plot
+    run = fabricate(tmp_path)
+    for arm in ("sa-sft", "sa-rl", "swa64-sft", "swa64-rl", "swa128-sft", "swa128-rl", "swa64-rl-seed1"):
+        config = json.loads((run / arm / "config.json").read_text())
+        (run / arm / "config.json").write_text(json.dumps({**config, "sinks": 4}))
+    drawn = {}
+    monkeypatch.setattr(report, "line_plot", lambda path, title, series, *a, **k: drawn.update(
+        {os.path.basename(path): {name: sorted(points) for name, points in series.items() if points}}))
+    report.build_report(str(run))
+    assert drawn["accuracy_vs_window.png"] == {"SA SFT": [(2, 0.8)], "SA SFT+RL": [(2, 0.9)],
+                                               "SWA SFT": [(0, 0.3), (1, 0.8)], "SWA SFT+RL": [(0, 0.55), (1, 0.85)]}
