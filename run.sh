@@ -128,6 +128,20 @@ resume() {
   fi
   if [ -f "$1/trainer_state.pt" ]; then echo --resume; fi
 }
+# sft_stage NAME FROM OUT DATA WINDOW [SFT FLAGS]: SFT of the checkpoint FROM on DATA (a JSONL) into OUT, resumed
+# where an interrupted invocation left it
+sft_stage() {
+  local name=$1 from=$2 out=$3 data=$4 window=$5; shift 5
+  stage "$name" python sft.py --ckpt "$from" --out "$out" --window "$window" --data "$data" --device "$DEVICE" \
+    --eval-every 0 "$@" $(resume "$out")
+}
+# rl_stage NAME FROM OUT TASK DATA_DIR [RL FLAGS]: RL of the checkpoint FROM on TASK's training problems into OUT,
+# resumed likewise
+rl_stage() {
+  local name=$1 from=$2 out=$3 task=$4 data=$5; shift 5
+  stage "$name" python rl.py --ckpt "$from" --out "$out" --task "$task" --data-dir "$data" --device "$DEVICE" \
+    --no-progress "$@" $(resume "$out")
+}
 
 # experiment DIR TASK DATA_DIR EVAL_TASKS "WINDOWS" "SFT_ARGS" "RL_ARGS": SA and SWA arms from $R/base on
 # one training task, every evaluation the report needs, and DIR/REPORT.md.
@@ -141,14 +155,12 @@ experiment() {
   # (SWA arms before SA, since the gap recovered needs SA-SFT, SWA-SFT and SWA-RL), then the extra evaluations.
   for arm in sa $swa_arms; do
     win=${arm#swa}; [ "$arm" = sa ] && win=none
-    stage "$task-$arm-sft" python sft.py --ckpt "$R/base" --out "$dir/$arm-sft" --window "$win" \
-      --data "$data/$task/train.jsonl" --device "$DEVICE" --eval-every 0 $sft_args $(resume "$dir/$arm-sft")
+    sft_stage "$task-$arm-sft" "$R/base" "$dir/$arm-sft" "$data/$task/train.jsonl" "$win" $sft_args
     stage "$task-eval-$arm-sft" $ev --ckpt "$dir/$arm-sft"
   done
   for arm in $swa_arms sa; do
     win=${arm#swa}; [ "$arm" = sa ] && win=none
-    stage "$task-$arm-rl" python rl.py --ckpt "$dir/$arm-sft" --out "$dir/$arm-rl" --window "$win" \
-      --task "$task" --data-dir "$data" --device "$DEVICE" --no-progress $rl_args $(resume "$dir/$arm-rl")
+    rl_stage "$task-$arm-rl" "$dir/$arm-sft" "$dir/$arm-rl" "$task" "$data" --window "$win" $rl_args
     stage "$task-eval-$arm-rl" $ev --ckpt "$dir/$arm-rl"
   done
   # the untrained model at every window (none = the model as it came), and the SA-trained model forced into
@@ -176,16 +188,14 @@ trace_experiment() {
   # sft NAME WINDOW DATA SEED [FROM [SFT FLAGS]]: one SFT arm (from base/, or from the arm FROM) and its evaluations
   sft() {
     local name=$1 window=$2 data=$3 seed=$4 from=${5:-$tok} args=${6:-$SFT_ARGS}
-    stage "$name" python sft.py --ckpt "$from" --out "$R/$name" --window "$window" --sinks "$SINKS" \
-      --data "$D/$data/train.jsonl" --device "$DEVICE" --eval-every 0 --seed "$seed" $args $(resume "$R/$name")
+    sft_stage "$name" "$from" "$R/$name" "$D/$data/train.jsonl" "$window" --sinks "$SINKS" --seed "$seed" $args
     stage "eval-$name" $ev --out-dir "$R/eval" --ckpt "$R/$name"
     stage "eval-sampled-$name" $ev --out-dir "$R/eval-sampled" --ckpt "$R/$name" $SAMPLED_ARGS
   }
   # rl NAME FROM WINDOW SEED [RL FLAGS]: one RL arm from the SFT arm FROM, and its evaluations
   rl() {
     local name=$1 from=$2 window=$3 seed=$4; shift 4
-    stage "$name" python rl.py --ckpt "$R/$from" --out "$R/$name" --window "$window" --task trace --data-dir "$D" \
-      --device "$DEVICE" --no-progress --seed "$seed" $RL_ARGS "$@" $(resume "$R/$name")
+    rl_stage "$name" "$R/$from" "$R/$name" trace "$D" --window "$window" --seed "$seed" $RL_ARGS "$@"
     stage "eval-$name" $ev --out-dir "$R/eval" --ckpt "$R/$name"
     stage "eval-sampled-$name" $ev --out-dir "$R/eval-sampled" --ckpt "$R/$name" $SAMPLED_ARGS
   }
@@ -234,8 +244,7 @@ gsm8k_experiment() {
   local ev="python evaluate.py --data-dir $D --device $DEVICE --out-dir $R/eval $EVAL_ARGS"
   # sft_arm NAME WINDOW DATA SEED: SFT from base/ on $D/DATA/train.jsonl, evaluated on the task DATA
   sft_arm() {
-    stage "$1" python sft.py --ckpt "$R/base" --out "$R/$1" --window "$2" --sinks "$SINKS" --data "$D/$3/train.jsonl" \
-      --device "$DEVICE" --eval-every 0 --seed "$4" $SFT_ARGS $(resume "$R/$1")
+    sft_stage "$1" "$R/base" "$R/$1" "$D/$3/train.jsonl" "$2" --sinks "$SINKS" --seed "$4" $SFT_ARGS
     stage "eval-$1" $ev --tasks "$3" --ckpt "$R/$1"
   }
   # rl_arm NAME FROM SEED [RL FLAGS]: RL from the SFT arm FROM on the problems it solved sometimes, evaluated
@@ -246,8 +255,7 @@ gsm8k_experiment() {
         --out-dir "$R/eval-train" --ckpt "$R/$from" $SELECT_ARGS
       pick=(--solvable-from "$R/eval-train/$from/gsm8k-train.jsonl")
     fi
-    stage "$name" python rl.py --ckpt "$R/$from" --out "$R/$name" --task gsm8k --data-dir "$D" --device "$DEVICE" \
-      --no-progress --seed "$seed" "${pick[@]}" $RL_ARGS "$@" $(resume "$R/$name")
+    rl_stage "$name" "$R/$from" "$R/$name" gsm8k "$D" --seed "$seed" "${pick[@]}" $RL_ARGS "$@"
     stage "eval-$name" $ev --tasks gsm8k --ckpt "$R/$name"
   }
   for seed in $SEEDS; do
