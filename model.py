@@ -156,6 +156,9 @@ def apply_rope(x, cos, sin):
 #              for windowed steps (bench/README.md); flex pays off for long full-attention completions (choose it)
 DECODE_ATTENTION = os.environ.get("SWARR_DECODE_ATTENTION", "auto")  # a fallback without editing code
 DECODE_IMPLS = ("auto", "per_layer", "sdpa", "math", "flex")
+# SWARR_DECODE_COMPILE=1: the decoding step is compiled by inductor before it is captured as a CUDA graph, so that
+# the norms, rotary embeddings, SwiGLU and sampling's element-wise work run as a few fused kernels per layer
+DECODE_COMPILE = os.environ.get("SWARR_DECODE_COMPILE", "0") == "1"
 FLEX_DECODE_BLOCK = 128  # keys per block of the flex block mask: the granularity at which unfilled slots are skipped
 
 
@@ -173,7 +176,7 @@ class DecodeStep:
 
     def __init__(self):
         self.positions = None  # the step's positions tensor (the same object for every layer of one forward pass)
-        self.slots = self.mask = self.allowed = self.block_mask = None
+        self.rows = self.slots = self.mask = self.allowed = self.block_mask = None
 
 
 class LayerCache:
@@ -249,14 +252,16 @@ class LayerCache:
             if self.ring:
                 slots = torch.where(slots < self.sinks, slots, self.sinks + (slots - self.sinks) % self.window)
             step.slots = torch.where(positions >= 0, slots, n)  # padding writes into the extra slot
-        B, Hkv, _, D = k.shape
-        index = step.slots[:, :, None, None].expand(B, Hkv, 1, D)
-        self.k.scatter_(2, index, k.to(self.k.dtype))
-        self.v.scatter_(2, index, v.to(self.v.dtype))
-        self.positions.scatter_(1, step.slots, positions)
+            step.rows = torch.arange(positions.shape[0], device=positions.device)[:, None]
+        # Indexed writes rather than scatter_: compiled, an indexed write into the cache stays in place, while
+        # scatter_ makes inductor rewrite the whole cache, twice, in every layer
+        self.k[step.rows, :, step.slots] = k.transpose(1, 2).to(self.k.dtype)
+        self.v[step.rows, :, step.slots] = v.transpose(1, 2).to(self.v.dtype)
+        self.positions[step.rows, step.slots] = positions
         if first:
             self.share_mask(positions, impl, q.shape[1] // k.shape[1])
         keys, values = self.k[:, :, :n], self.v[:, :, :n]
+        B, Hkv, _, D = k.shape
         Hq = q.shape[1]
         # The G query heads that share a key head become G queries against it: keys are never repeated per head.
         rows = q.reshape(B, Hkv, Hq // Hkv, D)
@@ -579,6 +584,20 @@ def cuda_graphed(step, device, generator=None):
     return replay
 
 
+def compiled_step(step):
+    """step() compiled by inductor, with compiling on even where the caller turned it off (sft.py and rl.py generate
+    under the "force_eager" stance, so that their compiled blocks do not recompile for every cache shape)."""
+    # one compilation per batch and cache length
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+    compiled = torch.compile(step, dynamic=False)
+
+    def run():
+        with torch.compiler.set_stance("default"):
+            compiled()
+
+    return run
+
+
 def to_device(values, device, dtype=torch.long):
     """A host list as a tensor on `device`, copied without making the host wait for the device's queue."""
     t = values if isinstance(values, torch.Tensor) else torch.tensor(values, dtype=dtype)
@@ -612,7 +631,8 @@ class Decoder:
         self.done = torch.ones(rows, dtype=torch.bool, device=device)
         self.stop = torch.tensor(sorted(set(stop_tokens)), dtype=torch.long, device=device)
         graphed = cuda_graph and device.type == "cuda"
-        self._run = cuda_graphed(self._step, device, generator) if graphed else self._step
+        step = compiled_step(self._step) if DECODE_COMPILE else self._step
+        self._run = cuda_graphed(step, device, generator) if graphed else step
         # The host reads which rows have stopped `lag` steps late: on a GPU it then never waits for the step it has
         # just launched, and the device runs that step meanwhile (one step more than needed, at the end).
         self.steps, self.snapshots, self.lag = 0, [], 1 if device.type == "cuda" else 0

@@ -4,9 +4,10 @@ Rollout (generation) speed of model.py's decoding, section by section, every rat
   step        The decoding step at batch 1024, window 512, SmolLM2-135M's shape (dim 576, 30 layers, 9 heads, 3
               key/value heads, vocabulary 49152): the original path (every layer builds its mask and calls SDPA,
               sampling with torch.multinomial outside the CUDA graph) and each model.DECODE_ATTENTION variant
-              (sampling inside the graph), in ms per step against the step's memory floor: the bytes it must
-              move (the cache slots it attends, the weights, the float32 logits written once and read once) at the
-              device-to-device copy bandwidth measured here (bytes read + written per second).
+              (sampling inside the graph), sdpa and math also compiled (model.DECODE_COMPILE), in ms per step
+              against the step's memory floor: the bytes it must move (the cache slots it attends, the weights, the
+              float32 logits written once and read once) at the device-to-device copy bandwidth measured here
+              (bytes read + written per second). --profile prints each variant's kernels.
   sampling    One sampling call on batch x vocabulary float32 logits: the original sample_next and model.sample_next.
   fair        Sliding window against full attention for 1k-16k-token completions at SmolLM2-135M's shape: the window
               (ring cache), full attention over every slot of a cache sized for the completion (static, as before),
@@ -53,6 +54,8 @@ import model as model_module  # noqa: E402
 from model import Config, Decoder, Transformer, cuda_graphed, generate, generate_continuous, sample_next  # noqa: E402
 
 SECTIONS = ("step", "sampling", "fair", "qwen", "continuous")
+# the step section's variants: (model.DECODE_ATTENTION, model.DECODE_COMPILE)
+VARIANTS = (("per_layer", False), ("sdpa", False), ("math", False), ("flex", False), ("sdpa", True), ("math", True))
 parser = argparse.ArgumentParser(description="rollout speed: decoding step, SWA vs full attention, continuous batching")
 parser.add_argument("--skip", default="", help=f"sections to leave out, comma-separated: {', '.join(SECTIONS)}")
 parser.add_argument("--hf", action="store_true", help="also time Hugging Face transformers' generate")
@@ -72,6 +75,7 @@ parser.add_argument("--rl-prompt-len", type=int, default=128, help="prompt token
 parser.add_argument("--hf-batch", type=int, default=64, help="batch of the Hugging Face comparison")
 parser.add_argument("--hf-length", type=int, default=1024, help="completion length of the Hugging Face comparison")
 parser.add_argument("--smoke", action="store_true", help="tiny models and sizes on the CPU")
+parser.add_argument("--profile", action="store_true", help="print each step variant's kernels (torch.profiler)")
 args = parser.parse_args()
 skip = {s for s in args.skip.split(",") if s}
 if skip - set(SECTIONS):
@@ -184,8 +188,20 @@ def floor_ms(model, batch, fill, cache, bandwidth):
     return (cache_bytes + weights + logits) / bandwidth * 1e3
 
 
-def with_attention(impl):
-    model_module.DECODE_ATTENTION = impl
+def with_attention(impl, compiled=False):
+    model_module.DECODE_ATTENTION, model_module.DECODE_COMPILE = impl, compiled
+
+
+def profile(dec, label):
+    """The GPU kernels of a few graph replays, largest total time first."""
+    from torch.profiler import ProfilerActivity
+    with torch.profiler.profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        for _ in range(4):
+            decoder_step(dec)
+        sync()
+    print(f"\nkernels of 4 steps, {label}:")
+    print(prof.key_averages().table(sort_by="cuda_time_total" if cuda else "cpu_time_total", row_limit=14,
+                                    max_name_column_width=70))
 
 
 def original_sample_next(logits, temperature, top_k, top_p, generator):
@@ -262,11 +278,13 @@ if "step" not in skip:
     rows.append(("original", "per_layer", "multinomial, outside the graph", original_step_ms(model, dec, fill)))
     del dec
     free_memory()
-    for impl in ("per_layer", "sdpa", "math", "flex"):
-        with_attention(impl)
+    for impl, compiled in VARIANTS:
+        with_attention(impl, compiled)
         dec = new_decoder(model, args.batch, cache_len)
-        rows.append(("new", impl, "Gumbel-max, in the graph", step_ms(dec, fill)))
+        rows.append(("compiled" if compiled else "new", impl, "Gumbel-max, in the graph", step_ms(dec, fill)))
         floor = floor_ms(model, args.batch, fill, dec.cache, bandwidth)
+        if args.profile:
+            profile(dec, f"{rows[-1][0]} {impl}")
         del dec
         free_memory()
     for path, impl, sampling, ms in rows:
@@ -281,8 +299,8 @@ if "step" not in skip:
     print(f"\ngreedy completions of {length} tokens, 64 rows, against the original path run eagerly")
     print("| path | rows with identical tokens | tokens identical before the first difference | max log-prob gap |")
     print("|---|---|---|---|")
-    for impl in ("per_layer", "sdpa", "math", "flex"):
-        with_attention(impl)
+    for impl, compiled in VARIANTS:
+        with_attention(impl, compiled)
         tokens, logprobs = generate(model, prompts, length)
         same = sum(a == b for a, b in zip(tokens, ref_tokens))
         agree = [next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
@@ -290,7 +308,8 @@ if "step" not in skip:
         prefix = sum(agree)
         gap = max((abs(x - y) for a, b, n in zip(logprobs, ref_logprobs, agree) for x, y in zip(a[:n], b[:n])),
                   default=0.0)
-        print(f"| {impl} | {same} of 64 | {prefix / sum(len(t) for t in ref_tokens):.1%} | {gap:.2e} |")
+        label = f"{'compiled ' if compiled else ''}{impl}"
+        print(f"| {label} | {same} of 64 | {prefix / sum(len(t) for t in ref_tokens):.1%} | {gap:.2e} |")
     with_attention("auto")
     del model
     free_memory()

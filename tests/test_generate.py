@@ -7,6 +7,7 @@ import sys
 import pytest
 import torch
 import torch.nn.functional as F
+from torch._inductor.utils import run_and_get_code
 from torch.nn.attention.flex_attention import create_mask
 
 import model as model_module
@@ -60,11 +61,11 @@ def stops_for(tokens):
     return [tokens[0][4], tokens[3][9]]
 
 
-def assert_same(got, want):
+def assert_same(got, want, abs=1e-6):
     (tokens, logprobs), (want_tokens, want_logprobs) = got, want
     assert tokens == want_tokens
     for lp, want_lp in zip(logprobs, want_logprobs):
-        assert lp == pytest.approx(want_lp, abs=1e-6)
+        assert lp == pytest.approx(want_lp, abs=abs)
 
 
 def chi2_threshold(dof, p):
@@ -120,6 +121,31 @@ def test_decoding_variants_match_the_original_loop(monkeypatch, impl, config):
     if config != "full":
         model.set_window(None)
         assert generate(model, PROMPTS, 14)[0] != free[0], "the window must matter for this test to mean anything"
+
+
+@pytest.mark.parametrize("impl,config", [("sdpa", "window+sinks"), ("math", "hybrid")])
+def test_compiled_decoding_step_matches_the_original_loop(monkeypatch, impl, config):
+    """SWARR_DECODE_COMPILE: the step compiled by inductor (its CPU code here) gives the original loop's greedy tokens,
+    with stop tokens, in plain batches and with continuous batching (rows refilled mid-generation). Its fused
+    float32 log-softmax sums in another order: log-probabilities agree to 1e-4. The new keys and values are written
+    into the cache in place: no generated loop runs over a whole layer's cache (inductor turns a scatter_ into
+    one that rewrites it)."""
+    torch._dynamo.reset()
+    model = toy_model(**CONFIGS[config])
+    monkeypatch.setattr(model_module, "DECODE_ATTENTION", "per_layer")
+    want = original_generate(model, PROMPTS, 14)
+    stopped = original_generate(model, PROMPTS, 14, stops_for(want[0]))
+    monkeypatch.setattr(model_module, "DECODE_ATTENTION", impl)
+    monkeypatch.setattr(model_module, "DECODE_COMPILE", True)
+    got, code = run_and_get_code(lambda: generate(model, PROMPTS, 14))
+    assert_same(got, want, 1e-4)
+    assert code, "the step was not compiled"
+    cache = model.make_cache(len(PROMPTS), model_module.cache_length(PROMPTS, 14))
+    for numel in {layer.k.numel() for layer in cache.layers}:
+        assert f"{numel}L" not in "\n".join(code), f"a loop over a whole cache of {numel} elements"
+    assert_same(generate(model, PROMPTS, 14, stop_tokens=stops_for(want[0])), stopped, 1e-4)
+    assert_same(generate_continuous(model, PROMPTS, 14, slots=2, stop_tokens=stops_for(want[0]), min_refill=1), stopped,
+                1e-4)
 
 
 @pytest.mark.parametrize("config", CONFIGS)

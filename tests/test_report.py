@@ -517,6 +517,25 @@ def test_control_table_by_hand(tmp_path):
     assert report.control_table(str(tmp_path / "nothing"), 64) == []
 
 
+def test_matched_compute_table_by_hand(tmp_path):
+    # seed 0: SA 4/4 -> more 4/4 -> RL 4/4; SWA 0/4 -> more 3/4 -> RL 3/4. Seed 2: SA more 4/4, SWA more 2/4, no RL
+    # arms. Seed 1 has only the SWA extra SFT: no row.
+    write_verdicts(tmp_path, {"sa-sft": [1, 1, 1, 1], "swa64-sft": [0, 0, 0, 0], "sa-sft-more": [1, 1, 1, 1],
+                              "swa64-sft-more": [1, 1, 1, 0], "sa-rl": [1, 1, 1, 1], "swa64-rl": [0, 1, 1, 1],
+                              "sa-sft-seed2": [1, 1, 1, 0], "swa64-sft-seed2": [0, 0, 0, 0],
+                              "sa-sft-more-seed2": [1, 1, 1, 1], "swa64-sft-more-seed2": [1, 1, 0, 0],
+                              "swa64-sft-more-seed1": [1, 1, 1, 1]})
+    text = "\n".join(report.matched_compute_table(str(tmp_path), 64))
+    # gaps d = SA - SWA per problem: SFT [1,1,1,1] -> 1 ± 0; more [0,0,0,1] -> 0.25 ± sqrt(1 - 1/4) / 4 = 0.2165
+    assert "| 0 | +100.0 ± 0.0 | +25.0 ± 21.7 | +25.0 ± 21.7 |" in text
+    # seed 2: SFT [1,1,1,0] -> 0.75 ± 0.2165; more [0,0,1,1] -> 0.5 ± sqrt(2 - 1) / 4 = 0.25; no RL arms
+    assert "| 2 | +75.0 ± 21.7 | +50.0 ± 25.0 | - |" in text
+    assert "| 1 |" not in text
+    # mean of 0.25 and 0.5 over two seeds: t(0.975, 1) = 12.706, sd 0.1768, half-width 12.706 * 0.1768 / sqrt(2)
+    assert "Mean gap after the extra SFT: 37.5 points, 95% t-interval over 2 seeds [-121.3, 196.3]." in text
+    assert report.matched_compute_table(str(tmp_path / "nothing"), 64) == []
+
+
 def test_copy_fidelity_table(tmp_path, monkeypatch):
     run = tmp_path / "run"
     (run / "eval").mkdir(parents=True)

@@ -7,6 +7,8 @@ import json
 import math
 import os
 import shutil
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -380,3 +382,22 @@ def test_solvable_from_keeps_problems_solved_sometimes(toy, tmp_path):
         rl.solvable_problems(toy_problems(4), records(tmp_path / "none.jsonl", {"toy-0": [True, True]}), weights)
     with pytest.raises(UserError, match="not found"):
         rl.solvable_problems(toy_problems(4), str(tmp_path / "missing.jsonl"), weights)
+
+
+def test_rl_step_benchmark_smoke(tmp_path):
+    """bench/rl_step.py end to end on the CPU: a tiny Hugging Face source converted in each tree (here this tree
+    twice), a few RL steps each, the per-step table and the kept metrics."""
+    from test_bad_input import hf_source
+    hf_source(tmp_path / "hf")
+    write_jsonl(str(tmp_path / "data" / "gsm8k" / "train.jsonl"), toy_problems(16))
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    result = subprocess.run([sys.executable, os.path.join(root, "bench", "rl_step.py"), "--before", root, "--smoke",
+                             "--src", str(tmp_path / "hf"), "--data-dir", str(tmp_path / "data"), "--steps", "3",
+                             "--runs", "before,this", "--work", str(tmp_path / "work"), "--keep",
+                             str(tmp_path / "keep")], cwd=root, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = [line for line in result.stdout.splitlines() if line.startswith("| before") or line.startswith("| this")]
+    assert len(rows) == 2, result.stdout
+    for name in ("before", "this"):
+        with open(tmp_path / "keep" / f"{name}.jsonl") as f:
+            assert [json.loads(line)["step"] for line in f] == [1, 2, 3]
