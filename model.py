@@ -716,6 +716,12 @@ class Decoder:
         return ([t[:c] for t, c in zip(tokens, counts)], [lp[:c] for lp, c in zip(logprobs, counts)])
 
 
+def decoder_rows(n):
+    """Rows of a Decoder for n rows of work: n, or with a compiled step the next power of two, so that a few shapes,
+    each compiled once, serve every batch (the extra rows idle as padding)."""
+    return 1 << (n - 1).bit_length() if DECODE_COMPILE else n
+
+
 def cache_length(prompts, max_new_tokens):
     # Full-attention layers keep a slot per position. Rounded up, calls with other prompt lengths share cache shapes,
     # hence compiled attention kernels (one per shape).
@@ -731,8 +737,8 @@ def generate(model, prompts, max_new_tokens, temperature=0.0, top_k=None, top_p=
     if not prompts or max_new_tokens <= 0:
         return [[] for _ in prompts], [[] for _ in prompts]
     rows = range(len(prompts))
-    decoder = Decoder(model, len(prompts), cache_length(prompts, max_new_tokens), max_new_tokens, temperature, top_k,
-                      top_p, stop_tokens, generator, cuda_graph)
+    decoder = Decoder(model, decoder_rows(len(prompts)), cache_length(prompts, max_new_tokens), max_new_tokens,
+                      temperature, top_k, top_p, stop_tokens, generator, cuda_graph)
     decoder.load(list(rows), prompts)
     for _ in range(max_new_tokens):
         decoder.step()
@@ -759,13 +765,13 @@ def generate_continuous(model, prompts, max_new_tokens, slots, temperature=0.0, 
     slots = max(1, min(slots, len(prompts)))
     min_refill = max(1, slots // 8) if min_refill is None else min_refill
     device = model.embed_tokens.weight.device
-    decoder = Decoder(model, slots, cache_length(prompts, max_new_tokens), max_new_tokens, temperature, top_k, top_p,
-                      stop_tokens, generator, cuda_graph)
+    decoder = Decoder(model, decoder_rows(slots), cache_length(prompts, max_new_tokens), max_new_tokens, temperature,
+                      top_k, top_p, stop_tokens, generator, cuda_graph)
     tokens = torch.zeros(len(prompts), max_new_tokens + 1, dtype=torch.long, device=device)
     logprobs = torch.zeros(len(prompts), max_new_tokens + 1, dtype=torch.float32, device=device)
     counts = torch.zeros(len(prompts), dtype=torch.long, device=device)
     waiting = list(range(len(prompts)))[::-1]  # popped from the end: input order
-    prompt_of, first_step = [None] * slots, [0] * slots  # what each row runs, and from which step on
+    prompt_of, first_step = [None] * decoder_rows(slots), [0] * slots  # what each row runs, and from which step on
     free = list(range(slots))
     while True:
         if waiting and free and (len(free) >= min(min_refill, len(waiting)) or len(free) == slots):

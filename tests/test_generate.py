@@ -126,7 +126,8 @@ def test_decoding_variants_match_the_original_loop(monkeypatch, impl, config):
 @pytest.mark.parametrize("impl,config", [("sdpa", "window+sinks"), ("math", "hybrid")])
 def test_compiled_decoding_step_matches_the_original_loop(monkeypatch, impl, config):
     """SWARR_DECODE_COMPILE: the step compiled by inductor (its CPU code here) gives the original loop's greedy tokens,
-    with stop tokens, in plain batches and with continuous batching (rows refilled mid-generation). Its fused
+    with stop tokens, in plain batches and with continuous batching (rows refilled mid-generation), its rows rounded up
+    to a power of two so that batches of other sizes reuse the compiled step. Its fused
     float32 log-softmax sums in another order: log-probabilities agree to 1e-4. The new keys and values are written
     into the cache in place: no generated loop runs over a whole layer's cache (inductor turns a scatter_ into
     one that rewrites it)."""
@@ -144,8 +145,13 @@ def test_compiled_decoding_step_matches_the_original_loop(monkeypatch, impl, con
     for numel in {layer.k.numel() for layer in cache.layers}:
         assert f"{numel}L" not in "\n".join(code), f"a loop over a whole cache of {numel} elements"
     assert_same(generate(model, PROMPTS, 14, stop_tokens=stops_for(want[0])), stopped, 1e-4)
-    assert_same(generate_continuous(model, PROMPTS, 14, slots=2, stop_tokens=stops_for(want[0]), min_refill=1), stopped,
-                1e-4)
+    assert_same(generate_continuous(model, PROMPTS, 14, slots=3, stop_tokens=stops_for(want[0]), min_refill=1), stopped,
+                1e-4)  # 3 slots run as 4 rows, one of them idle
+    # 6 prompts ran as 8 rows; 5 prompts take the same shape, so nothing is compiled again
+    counters = torch._dynamo.utils.counters
+    counters.clear()
+    assert_same(generate(model, PROMPTS[:5], 14), tuple(part[:5] for part in want), 1e-4)
+    assert counters["stats"]["unique_graphs"] == 0
 
 
 @pytest.mark.parametrize("config", CONFIGS)
