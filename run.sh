@@ -75,6 +75,8 @@ case "$preset" in
     # problems each SFT model solves sometimes but not always (16 samples each), a format-only reward control, and
     # window 64 with the old layout (instruction after the question) beside the new one: that confound's size.
     : "${WINDOWS=128 192}" "${SINKS=4}" "${SEEDS=0}" "${RL_ARMS=swa sa}" "${CONTROLS=format layout}"
+    # GSM8K alone has 1,319 test problems, and SFT leaves SmolLM2-135M near 5% on it: SVAMP and ASDiv add 3,215
+    : "${EVAL_TASKS=gsm8k,svamp,asdiv}"
     : "${DEVICE=cuda}"
     : "${SFT_ARGS=--epochs 2 --lr 1e-4 --warmup-steps 10 --seq-len 2048 --batch-size 16 --save-every 50}"
     : "${SOLVABLE=yes}"  # empty: RL draws from every training problem (dynamic sampling still drops dull groups)
@@ -242,10 +244,12 @@ trace_experiment() {
 gsm8k_experiment() {
   local D=data seed s w arm a
   local ev="python evaluate.py --data-dir $D --device $DEVICE --out-dir $R/eval $EVAL_ARGS"
-  # sft_arm NAME WINDOW DATA SEED: SFT from base/ on $D/DATA/train.jsonl, evaluated on the task DATA
+  # the benchmarks an arm trained on DATA (gsm8k or gsm8k-instruction-after) is evaluated on: EVAL_TASKS in its layout
+  eval_tasks() { local layout=${1#gsm8k}; echo "${EVAL_TASKS//,/$layout,}$layout"; }
+  # sft_arm NAME WINDOW DATA SEED: SFT from base/ on $D/DATA/train.jsonl, evaluated
   sft_arm() {
     sft_stage "$1" "$R/base" "$R/$1" "$D/$3/train.jsonl" "$2" --sinks "$SINKS" --seed "$4" $SFT_ARGS
-    stage "eval-$1" $ev --tasks "$3" --ckpt "$R/$1"
+    stage "eval-$1" $ev --tasks "$(eval_tasks "$3")" --ckpt "$R/$1"
   }
   # rl_arm NAME FROM SEED [RL FLAGS]: RL from the SFT arm FROM on the problems it solved sometimes, evaluated
   rl_arm() {
@@ -256,7 +260,7 @@ gsm8k_experiment() {
       pick=(--solvable-from "$R/eval-train/$from/gsm8k-train.jsonl")
     fi
     rl_stage "$name" "$R/$from" "$R/$name" gsm8k "$D" --seed "$seed" "${pick[@]}" $RL_ARGS "$@"
-    stage "eval-$name" $ev --tasks gsm8k --ckpt "$R/$name"
+    stage "eval-$name" $ev --tasks "$EVAL_TASKS" --ckpt "$R/$name"
   }
   for seed in $SEEDS; do
     s=$([ "$seed" = 0 ] || echo "-seed$seed")
@@ -274,7 +278,7 @@ gsm8k_experiment() {
     sft_arm "swa64-sft$s" 64 gsm8k "$seed"
     sft_arm "swa64-sft-after$s" 64 gsm8k-instruction-after "$seed";; esac
   for w in $WINDOWS; do
-    stage "eval-sa-sft$s-$w" $ev --tasks gsm8k --ckpt "$R/sa-sft$s" --window "$w" --sinks "$SINKS"
+    stage "eval-sa-sft$s-$w" $ev --tasks "$EVAL_TASKS" --ckpt "$R/sa-sft$s" --window "$w" --sinks "$SINKS"
   done
   python analysis/report.py "$R"
 }

@@ -901,7 +901,8 @@ def experiment_section(run_dir, task="trace"):
             lines += [f"| {seed} | {100 * t:+.1f} | {100 * sh:+.1f} | {100 * wi:+.1f} |" for seed, (t, sh, wi) in shifts]
             lines.append("")
         out += lines + control_table(run_dir, w, task) + matched_compute_table(run_dir, w, task)
-    return (["## The experiment: does RL close the window's gap?", "", *out]) if out else []
+    title = "## The experiment: does RL close the window's gap?" + ("" if task == "trace" else f" ({task})")
+    return [title, "", *out] if out else []
 
 
 # -- the report ----------------------------------------------------------------------------------------------
@@ -1000,9 +1001,9 @@ def build_report(run_dir, draw_plots=True):
                     f"![{title}](accuracy_vs_window.png)", ""]
 
     traced = trace_section(run_dir, logs, draw_plots)
-    experiment_task = "trace" if "trace" in tasks else next((t for t in MATH_TASKS if t in tasks), None)
-    if experiment_task and os.path.isdir(os.path.join(run_dir, "eval")):
-        out += experiment_section(run_dir, experiment_task)
+    if os.path.isdir(os.path.join(run_dir, "eval")):  # the trace task, or each math benchmark evaluated
+        for task in ["trace"] if "trace" in tasks else [t for t in MATH_TASKS if t in tasks]:
+            out += experiment_section(run_dir, task)
     out += traced or ["## Trajectories", "", *trajectories(run_dir, windows, tasks), ""]
     return "\n".join(out)
 

@@ -134,8 +134,11 @@ def test_gap(tmp_path):
     assert rows[3].startswith("| 128 | gsm8k | 80.0 ± 12.6 | 80.0 ± 12.6 | 85.0 ± 11.3 | undefined |")  # no gap
     # a run without the trace task gets the per-seed experiment on its math task: on p1, the one problem all four
     # models answered, SA 1 -> 1 and SWA-64 0 -> 1 (no sampled records: no fits)
-    experiment = section((run / "REPORT.md").read_text(), "The experiment: does RL close the window's gap?")
+    text = (run / "REPORT.md").read_text()
+    experiment = section(text, "The experiment: does RL close the window's gap? (gsm8k)")
     assert "| 0 | 1 | 100.0 | 100.0 | 0.0 | 100.0 | 100.0 | 0.0 | 1.000 | 1.000 | - | - |" in experiment
+    # each math benchmark gets its own section; svamp has no RL arm's records, so none
+    assert "does RL close the window's gap? (svamp)" not in text
 
 
 def test_rl_on_both_arms(tmp_path):
@@ -427,11 +430,11 @@ def test_arm_names():
     assert report.ARM_RE.match("sa-sft-seed") is not None and report.ARM_RE.match("sa-sft@64") is None
 
 
-def write_verdicts(run_dir, answered, ids="abcd"):
-    """eval/<label>/trace.jsonl with one greedy verdict per problem id, for {label: [0/1 per id]}."""
+def write_verdicts(run_dir, answered, ids="abcd", task="trace"):
+    """eval/<label>/<task>.jsonl with one greedy verdict per problem id, for {label: [0/1 per id]}."""
     for label, correct in answered.items():
-        os.makedirs(run_dir / "eval" / label)
-        with open(run_dir / "eval" / label / "trace.jsonl", "w") as f:
+        os.makedirs(run_dir / "eval" / label, exist_ok=True)
+        with open(run_dir / "eval" / label / f"{task}.jsonl", "w") as f:
             f.writelines(json.dumps({"id": i, "correct": [bool(c)]}) + "\n" for i, c in zip(ids, correct))
 
 
@@ -515,6 +518,21 @@ def test_control_table_by_hand(tmp_path):
     assert "| swa192-sft | 0 | SFT at window 192 | 4 | 75.0 | 0.750 | +75.0 ± 21.7 | +0.0 ± 0.0 | - | - | - |" in text
     assert "swa64-sft-oracle" not in text
     assert report.control_table(str(tmp_path / "nothing"), 64) == []
+
+
+def test_experiment_section_per_math_benchmark(tmp_path):
+    # the same four arms evaluated on two benchmarks: each gets its own section, titled with its name
+    arms = {"sa-sft": [1, 1, 1, 0], "sa-rl": [1, 1, 1, 1], "swa64-sft": [1, 0, 0, 0], "swa64-rl": [1, 1, 0, 0]}
+    write_verdicts(tmp_path, arms, task="gsm8k")
+    write_verdicts(tmp_path, {**arms, "swa64-rl": [1, 1, 1, 0]}, task="svamp")
+    for label in arms:  # report.py finds arms by their checkpoint directories
+        os.makedirs(tmp_path / label)
+    gsm8k = "\n".join(report.experiment_section(str(tmp_path), "gsm8k"))
+    svamp = "\n".join(report.experiment_section(str(tmp_path), "svamp"))
+    assert gsm8k.startswith("## The experiment: does RL close the window's gap? (gsm8k)")
+    # G after SFT 75 - 25 = 50, after RL 100 - 50 = 50 on gsm8k (closed 0), 100 - 75 = 25 on svamp (closed 0.5)
+    assert "| 0 | 4 | 75.0 | 100.0 | 25.0 | 50.0 | 50.0 | 50.0 | 0.000 | 0.500 | - | - |" in gsm8k
+    assert "| 0 | 4 | 75.0 | 100.0 | 25.0 | 75.0 | 50.0 | 25.0 | 0.500 | 1.000 | - | - |" in svamp
 
 
 def test_matched_compute_table_by_hand(tmp_path):
