@@ -43,7 +43,7 @@ Output: --out (default ckpt/rl-<task>) is a checkpoint directory (rewritten ever
 end, meta stage "rl", with the resolved algorithm settings) that also holds
     metrics.jsonl        one line per step: reward, accuracy, group shares, lengths, clip fractions (low/high),
                          ratio and importance-weight statistics, KL, entropy, sampler/trainer log-prob gap, the
-                         step's time split (generation, log-prob passes, training, evaluation), tokens/s,
+                         step's time split (generation, scoring, log-prob passes, training, evaluation), tokens/s,
                          held-out greedy accuracy when evaluated, and on the trace task how the rollouts used the
                          window (fits_window, window_style, restatements_per_step, accuracy_fits, ...)
     trainer_state.pt     optimizer, step, problem order, RNGs of every rank, metrics: what --resume needs
@@ -383,6 +383,7 @@ def collect_rollouts(sampler, tokenizer, problems, prompts, draw, n_groups, args
                                                    args.temperature, top_p=args.top_p,
                                                    stop_tokens=tokenizer.stop_tokens, generator=sample_gen)
         m["gen_s"] += time.time() - t0  # the results are lists, so the device is done
+        t0 = time.time()
         for g, i in enumerate(chosen):
             rewards, correct = [], []
             finished = [bool(t) and t[-1] in stops for t in tokens[g * G:(g + 1) * G]]
@@ -410,6 +411,7 @@ def collect_rollouts(sampler, tokenizer, problems, prompts, draw, n_groups, args
                 continue
             groups.append({"prompt": prompts[i], "completions": tokens[g * G:(g + 1) * G],
                            "sampler": logprobs[g * G:(g + 1) * G], "rewards": rewards, "finished": finished})
+        m["score_s"] += time.time() - t0  # decoding, answer checking and (trace task) parsing on the host
         if not args.dynamic_sampling or len(groups) >= n_groups:
             break
     return groups
@@ -562,11 +564,12 @@ def step_metrics(m, step, lr, args):
             "logprob_diff_max": m["gap_max"] if m["gap_tokens"] else None, "lr": lr,
             "grad_norm": m["grad_norm"] / m["updates"] if m["updates"] else 0.0, "updates": int(m["updates"]),
             "skipped": m["informative"] == 0, "gen_tok_s": m["gen_tokens"] / max(m["gen_s"], 1e-9),
-            "gen_s": m["gen_s"], "logprob_s": m["logprob_s"], "train_s": m["train_s"], "eval_s": 0.0,
+            "gen_s": m["gen_s"], "score_s": m["score_s"], "logprob_s": m["logprob_s"], "train_s": m["train_s"],
+            "eval_s": 0.0,
             "step_s": m["step_s"], **trajectory_metrics(m)}
 
 
-MAXED = ("length_max", "ratio_max", "gap_max", "gen_s", "logprob_s", "train_s", "step_s")  # max over ranks
+MAXED = ("length_max", "ratio_max", "gap_max", "gen_s", "score_s", "logprob_s", "train_s", "step_s")  # max over ranks
 
 
 def reducer(device, ddp):
@@ -696,8 +699,8 @@ def main(argv=None):
     for step in bar:
         t_step = time.time()
         m = {k: 0.0 for k in ("gen_rounds", "completions", "reward", "correct", "all_correct", "all_wrong",
-                              "groups_seen", "length", "length_max", "truncated", "gen_tokens", "gen_s", "gap",
-                              "gap_max", "gap_tokens", "logprob_s", "is_weight", "is_truncated", "clipped_low",
+                              "groups_seen", "length", "length_max", "truncated", "gen_tokens", "gen_s", "score_s",
+                              "gap", "gap_max", "gap_tokens", "logprob_s", "is_weight", "is_truncated", "clipped_low",
                               "clipped_high", "ratio", "ratio_max", "kl", "entropy", "trained_tokens", "tokens",
                               "grad_norm", "updates", "train_s", "step_s", "groups_kept", "informative",
                               *TRAJECTORY_SUMS)}

@@ -5,14 +5,15 @@ Each tree runs its own convert.py (SmolLM2-135M-Instruct, full attention) and it
 (`python -m data.prepare` in that tree) at the settings of the smollm2-gsm8k preset's RL stage: 64 problems x 8
 completions a step, up to 384 new tokens, generation batches of 512, 32 sequences per forward/backward pass, one
 optimizer update per rollout batch, dynamic sampling with up to 3 generation rounds, window 128. RL starts from the
-converted model rather than an SFT model, so rewards stay near 0 and every step runs its 3 generation rounds, as
-in that preset's runs (84-90% of groups all wrong). This tree runs twice: as it is, and with the decoding step compiled
-(SWARR_DECODE_COMPILE=1).
+converted model rather than an SFT model, so rewards stay low and most steps run several generation rounds, as in
+that preset's runs (84-90% of groups all wrong). This tree runs as it is, with the decoding step compiled
+(SWARR_DECODE_COMPILE=1), and with its training passes compiled as well (rl.py --compile), as --runs picks.
 
 A step's time is the interval between consecutive lines of the run's metrics.jsonl as this script sees them appear
 (polled every 0.2 s; the earlier tree records no time of its own), the first step (warm-up and compilation) left
-out. The work of a step differs a little between trees: their prompts are laid out differently, and the completions
-are samples; the table prints the completions' mean length next to the time.
+out. The work of a step differs between trees: their prompts are laid out differently (which changes how soon
+dynamic sampling fills its groups), and the completions are samples; the table prints the generation rounds and the
+completions' mean length next to the time.
 
     git worktree add /tmp/swarr-before dba0bab && (cd /tmp/swarr-before && python -m data.prepare)
     python -m data.prepare
@@ -45,13 +46,14 @@ parser.add_argument("--data-dir", default=None, help="rl.py --data-dir of both t
 parser.add_argument("--work", default=None, help="directory for the checkpoints (default: a temporary one)")
 parser.add_argument("--before-commit", default=None, help="the earlier tree's commit, for the table (default: git's)")
 parser.add_argument("--runs", default="before,this,compiled",
-                    help="which runs, comma-separated: before, this, compiled (this tree, decoding step compiled)")
+                    help="which runs, comma-separated: before, this, compiled (this tree, decoding step compiled), "
+                         "compiled-all (also rl.py --compile: the training passes' blocks compiled)")
 parser.add_argument("--keep", default=None, help="copy each run's metrics.jsonl into this directory (<run>.jsonl)")
 parser.add_argument("--smoke", action="store_true", help="tiny settings on the CPU")
 args = parser.parse_args()
 
 
-def run_tree(name, tree, work, env_extra=None):
+def run_tree(name, tree, work, env_extra=None, flags=()):
     """Convert (once per tree) and run RL in `tree`; returns (seconds between metrics lines, the metrics lines)."""
     env = {**os.environ, **(env_extra or {})}
     base = os.path.join(work, "before-base" if tree == args.before else "this-base")
@@ -65,7 +67,7 @@ def run_tree(name, tree, work, env_extra=None):
     device = "cpu" if args.smoke else "cuda"
     command = [sys.executable, "rl.py", "--ckpt", base, "--out", out, "--window", args.window, "--steps",
                str(args.steps), "--device", device, rows, "2" if args.smoke else "32",
-               *(SMOKE if args.smoke else SETTINGS).split()]
+               *(SMOKE if args.smoke else SETTINGS).split(), *flags]
     if args.data_dir:
         command += ["--data-dir", os.path.abspath(args.data_dir)]
     if "--minibatches" in helptext:
@@ -95,16 +97,17 @@ def commit(tree):
 
 
 work = args.work or tempfile.mkdtemp(prefix="rl-step-")
-RUNS = {"before": ("before", args.before, None), "this": ("this", HERE, {"SWARR_DECODE_COMPILE": "0"}),
-        "compiled": ("this, compiled decoding", HERE, {"SWARR_DECODE_COMPILE": "1"})}
+RUNS = {"before": ("before", args.before, None, ()), "this": ("this", HERE, {"SWARR_DECODE_COMPILE": "0"}, ()),
+        "compiled": ("this, compiled decoding", HERE, {"SWARR_DECODE_COMPILE": "1"}, ()),
+        "compiled-all": ("this, compiled decoding and training", HERE, {"SWARR_DECODE_COMPILE": "1"}, ("--compile",))}
 chosen = args.runs.split(",")
 if set(chosen) - set(RUNS):
     parser.error(f"unknown runs {sorted(set(chosen) - set(RUNS))}; choose from {', '.join(RUNS)}")
 results = []
 for name in chosen:
-    label, tree, env = RUNS[name]
+    label, tree, env, flags = RUNS[name]
     t0 = time.perf_counter()
-    intervals, lines = run_tree(name, tree, work, env)
+    intervals, lines = run_tree(name, tree, work, env, flags)
     if args.keep:
         os.makedirs(args.keep, exist_ok=True)
         shutil.copyfile(os.path.join(work, f"{name}-rl", "metrics.jsonl"), os.path.join(args.keep, f"{name}.jsonl"))
@@ -113,14 +116,14 @@ for name in chosen:
 
 print(f"\nRL step, smollm2-gsm8k settings, window {args.window}, {args.steps - 1} timed steps per run")
 print("| tree | commit | s/step (median) | s/step (each) | gen rounds | completion tokens (mean) | gen tokens/s "
-      "| gen / logprob / train s |")
+      "| gen / score / logprob / train s |")
 print("|---|---|---|---|---|---|---|---|")
 medians = {}
 for label, tree, intervals, lines in results:
     timed = lines[1:]
     medians[label] = statistics.median(intervals)
-    split = " / ".join(f"{statistics.median(m[k] for m in timed):.1f}" for k in ("gen_s", "logprob_s", "train_s")) \
-        if all("gen_s" in m for m in timed) else "-"
+    split = " / ".join(f"{statistics.median(m[k] for m in timed):.1f}" if all(k in m for m in timed) else "-"
+                       for k in ("gen_s", "score_s", "logprob_s", "train_s"))
     print(f"| {label} | {commit(tree)} | {medians[label]:.2f} | {', '.join(f'{t:.1f}' for t in intervals)} "
           f"| {statistics.mean(m['gen_rounds'] for m in timed):.1f} "
           f"| {statistics.mean(m['completion_len_mean'] for m in timed):.0f} "
