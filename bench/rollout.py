@@ -35,6 +35,8 @@ depend on them).
 
     python bench/rollout.py                          # one GPU, about 5-6 minutes on an H200 (estimates printed)
     python bench/rollout.py --skip qwen,fair         # leave sections out
+    python bench/rollout.py --skip qwen,fair,continuous --profile --exact-ckpt ckpt/base   # the step's kernels, and
+                                                     # exactness with trained weights on GSM8K (window 64, stop tokens)
     python bench/rollout.py --smoke                  # tiny sizes on the CPU: checks the script end to end
 """
 import argparse
@@ -51,7 +53,9 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import model as model_module  # noqa: E402
-from model import Config, Decoder, Transformer, cuda_graphed, generate, generate_continuous, sample_next  # noqa: E402
+from common import build_prompt  # noqa: E402
+from model import (Config, Decoder, Transformer, cuda_graphed, generate, generate_continuous, load_checkpoint,  # noqa: E402
+                   sample_next)
 
 SECTIONS = ("step", "sampling", "fair", "qwen", "continuous")
 # the step section's variants: (model.DECODE_ATTENTION, model.DECODE_COMPILE)
@@ -76,6 +80,10 @@ parser.add_argument("--hf-batch", type=int, default=64, help="batch of the Huggi
 parser.add_argument("--hf-length", type=int, default=1024, help="completion length of the Hugging Face comparison")
 parser.add_argument("--smoke", action="store_true", help="tiny models and sizes on the CPU")
 parser.add_argument("--profile", action="store_true", help="print each step variant's kernels (torch.profiler)")
+parser.add_argument("--exact-ckpt", default=None, help="a trained checkpoint: the step section also checks each "
+                    "variant's greedy completions with it, on real problems")
+parser.add_argument("--exact-data", default="data/gsm8k/test.jsonl", help="the problems of --exact-ckpt's check")
+parser.add_argument("--exact-window", type=int, default=64, help="the window of --exact-ckpt's check")
 args = parser.parse_args()
 skip = {s for s in args.skip.split(",") if s}
 if skip - set(SECTIONS):
@@ -249,6 +257,25 @@ def original_step_ms(model, dec, fill):
     return timed(step, args.steps) * 1e3
 
 
+def exactness(model, prompts, length, stop_tokens=()):
+    """A table row per step variant: its greedy completions, graphed, against the original path run eagerly."""
+    with_attention("per_layer")
+    ref_tokens, ref_logprobs = generate(model, prompts, length, stop_tokens=stop_tokens, cuda_graph=False)
+    print("| path | rows with identical tokens | tokens identical before the first difference | max log-prob gap |")
+    print("|---|---|---|---|")
+    for impl, compiled in VARIANTS:
+        with_attention(impl, compiled)
+        tokens, logprobs = generate(model, prompts, length, stop_tokens=stop_tokens)
+        same = sum(a == b for a, b in zip(tokens, ref_tokens))
+        agree = [next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+                 for a, b in zip(tokens, ref_tokens)]  # per row, the tokens before the first difference
+        gap = max((abs(x - y) for a, b, n in zip(logprobs, ref_logprobs, agree) for x, y in zip(a[:n], b[:n])),
+                  default=0.0)
+        label = f"{'compiled ' if compiled else ''}{impl}"
+        print(f"| {label} | {same} of {len(prompts)} | {sum(agree) / sum(len(t) for t in ref_tokens):.1%} "
+              f"| {gap:.2e} |")
+
+
 def section(title, estimate_s):
     print(f"\n## {title}" + (f" (about {estimate_s:.0f} s on an H200)" if cuda else ""), flush=True)
     return time.perf_counter()
@@ -294,22 +321,19 @@ if "step" not in skip:
     prompts = torch.randint(0, SMOLLM2["vocab_size"], (64, args.prompt_len), generator=torch.Generator().manual_seed(1))
     prompts = [p[:args.prompt_len - i % 4].tolist() for i, p in enumerate(prompts)]  # left padding of 0-3 tokens
     length = args.window + 64  # past the ring's first wrap
-    with_attention("per_layer")
-    ref_tokens, ref_logprobs = generate(model, prompts, length, cuda_graph=False)
-    print(f"\ngreedy completions of {length} tokens, 64 rows, against the original path run eagerly")
-    print("| path | rows with identical tokens | tokens identical before the first difference | max log-prob gap |")
-    print("|---|---|---|---|")
-    for impl, compiled in VARIANTS:
-        with_attention(impl, compiled)
-        tokens, logprobs = generate(model, prompts, length)
-        same = sum(a == b for a, b in zip(tokens, ref_tokens))
-        agree = [next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
-                 for a, b in zip(tokens, ref_tokens)]  # per row, the tokens before the first difference
-        prefix = sum(agree)
-        gap = max((abs(x - y) for a, b, n in zip(logprobs, ref_logprobs, agree) for x, y in zip(a[:n], b[:n])),
-                  default=0.0)
-        label = f"{'compiled ' if compiled else ''}{impl}"
-        print(f"| {label} | {same} of 64 | {prefix / sum(len(t) for t in ref_tokens):.1%} | {gap:.2e} |")
+    print(f"\ngreedy completions of {length} tokens, 64 rows, random weights, against the original path run eagerly")
+    exactness(model, prompts, length)
+    if args.exact_ckpt:  # a trained model's logits are far from ties, unlike random weights'
+        real, tokenizer, _ = load_checkpoint(args.exact_ckpt, device=device, dtype=dtype)
+        real.eval().set_window(args.exact_window, 4)
+        with open(args.exact_data) as f:
+            rows = [json.loads(line) for line in f][:256]
+        prompts = [build_prompt(tokenizer, row) for row in rows]
+        print(f"\ngreedy completions of up to {args.limit} tokens (stop tokens on), {args.exact_ckpt} at window "
+              f"{args.exact_window} + 4 sinks, the first {len(rows)} problems of {args.exact_data}, against the "
+              "original path run eagerly")
+        exactness(real, prompts, args.limit, tokenizer.stop_tokens)
+        del real
     with_attention("auto")
     del model
     free_memory()

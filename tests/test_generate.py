@@ -11,7 +11,9 @@ from torch._inductor.utils import run_and_get_code
 from torch.nn.attention.flex_attention import create_mask
 
 import model as model_module
-from model import Config, Transformer, generate, generate_continuous, sample_next
+from common import write_jsonl
+from model import Config, Transformer, generate, generate_continuous, sample_next, save_checkpoint
+from tokenizer import toy_tokenizer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PROMPTS = [[5, 6, 7, 8, 9, 10, 11], [12, 13], [14], [20, 21, 22, 23], [30, 31, 32, 33, 34, 35, 36, 37, 38, 39, 40],
@@ -230,11 +232,18 @@ def test_sampled_log_probabilities_are_the_trainers():
             assert lp == pytest.approx(want, abs=1e-5)
 
 
-def test_rollout_benchmark_smoke():
-    """bench/rollout.py end to end with tiny sizes on the CPU."""
-    result = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "rollout.py"), "--smoke"], cwd=ROOT,
-                            capture_output=True, text=True, timeout=300)
+def test_rollout_benchmark_smoke(tmp_path):
+    """bench/rollout.py end to end with tiny sizes on the CPU, the exactness check on a saved checkpoint included."""
+    tok = toy_tokenizer()
+    save_checkpoint(str(tmp_path / "ckpt"), Transformer(Config(vocab_size=tok.vocab_size, n_layers=2)).init_weights(0),
+                    tok, {"stage": "sft", "parent": None, "args": {}, "metrics": {}})
+    write_jsonl(str(tmp_path / "test.jsonl"), [{"id": f"p{i}", "question": f"What is {i} + {i}?", "answer": str(2 * i),
+                                                "solution": "", "instruction": ""} for i in range(5)])
+    result = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "rollout.py"), "--smoke", "--exact-ckpt",
+                             str(tmp_path / "ckpt"), "--exact-data", str(tmp_path / "test.jsonl"), "--exact-window", "8",
+                             "--limit", "40"], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
+    assert "| compiled math | 5 of 5 |" in result.stdout, result.stdout
     for heading in ("Decoding step", "Sampling one token", "vs full attention, SmolLM2", "Qwen2.5-1.5B shape",
                     "Continuous batching"):
         assert heading in result.stdout, result.stdout
