@@ -810,21 +810,19 @@ def matched_compute_table(run_dir, window, task="trace"):
     """Per seed that gave both SA SFT and SWA-`window` SFT the same extra SFT (sa-sft-more, swa<window>-sft-more):
     the SA - SWA gap after SFT, after the extra SFT and after RL, each paired over the problems both answered, and
     the mean over seeds with its t-interval; [] when no seed has both extra SFT arms."""
+    eval_dir = os.path.join(run_dir, "eval")
+    labels = os.listdir(eval_dir) if os.path.isdir(eval_dir) else []
+    seeds = sorted({int(m.group(5) or 0) for d in labels if (m := ARM_RE.match(d)) and m.group(4) == "more"})
     rows, gaps = [], []
-    seeds = sorted({m.group(5) or "" for d in os.listdir(os.path.join(run_dir, "eval"))
-                    if (m := ARM_RE.match(d)) and m.group(4) == "more"} if os.path.isdir(os.path.join(run_dir, "eval"))
-                   else set(), key=lambda x: int(x or 0))
     for seed in seeds:
         s = f"-seed{seed}" if seed else ""
-        cells = []
-        for stage in ("sft", "sft-more", "rl"):
-            gap = paired_gain(run_dir, f"swa{window}-{stage}{s}", f"sa-{stage}{s}", task)  # SA minus SWA
-            cells.append(gap)
+        cells = [paired_gain(run_dir, f"swa{window}-{stage}{s}", f"sa-{stage}{s}", task)  # SA minus SWA
+                 for stage in ("sft", "sft-more", "rl")]
         if cells[1] is None:
             continue
         gaps.append(cells[1][0])
-        rows.append(f"| {seed or 0} | " + " | ".join("-" if g is None else f"{100 * g[0]:+.1f} ± {100 * g[1]:.1f}"
-                                                     for g in cells) + " |")
+        rows.append(f"| {seed} | " + " | ".join("-" if g is None else f"{100 * g[0]:+.1f} ± {100 * g[1]:.1f}"
+                                                for g in cells) + " |")
     if not rows:
         return []
     mean, half = t_interval(gaps)
