@@ -152,6 +152,11 @@ def percent(p, se):
     return "-" if p is None else f"{100 * p:.1f}" + (f" ± {100 * se:.1f}" if se is not None else "")
 
 
+def points(paired):
+    """A paired difference (value, standard error, ...) in points, signed: "+1.5 ± 0.9"; "-" for None."""
+    return "-" if paired is None else f"{100 * paired[0]:+.1f} ± {100 * paired[1]:.1f}"
+
+
 def gap_recovered(sa_sft, swa_sft, swa_rl):
     """(SWA-RL - SWA-SFT) / (SA-SFT - SWA-SFT), or None when undefined (missing value or denominator ~0)."""
     if None in (sa_sft, swa_sft, swa_rl):
@@ -241,8 +246,7 @@ def gap_table(summary, windows, tasks, run_dir):
                 notes.append("the SFT gap is within 2 standard errors: the ratio is mostly noise")
             if paired is not None and abs(paired[0]) < 2 * paired[1]:
                 notes.append("RL's gain is within 2 paired standard errors")
-            gain = "-" if paired is None else (f"{100 * paired[0]:+.1f} ± {100 * paired[1]:.1f} "
-                                               f"({paired[2]} fixed, {paired[3]} broken)")
+            gain = "-" if paired is None else f"{points(paired)} ({paired[2]} fixed, {paired[3]} broken)"
             lines.append(f"| {w} | {t} | {percent(sa, sa_se)} | {percent(sft, sft_se)} | {percent(rl, rl_se)} | "
                          f"{'undefined' if g is None else f'{g:.3f}'} | {gain} | {'; '.join(notes) or '-'} |")
     return lines
@@ -252,10 +256,6 @@ def rl_both_table(summary, windows, tasks, run_dir):
     """RL on both arms: each arm's paired RL gain, and the SA - SWA gap after SFT and after RL."""
     lines = ["| window | task | SA: SFT -> RL (%) | SA RL gain, paired | SWA: SFT -> RL (%) | SWA RL gain, paired "
              "| gap after SFT (points) | gap after RL (points) | gap change, paired (points) |", "|---" * 9 + "|"]
-
-    def gain(before, after, t):
-        g = paired_gain(run_dir, before, after, t)
-        return "-" if g is None else f"{100 * g[0]:+.1f} ± {100 * g[1]:.1f}"
 
     def gap(sa, swa):
         return "-" if None in (sa, swa) else f"{100 * (sa - swa):.1f}"
@@ -267,10 +267,9 @@ def rl_both_table(summary, windows, tasks, run_dir):
         for t in tasks:
             sa_sft, sa_rl, sft, rl = (accuracy(summary, label, t)[0]
                                       for label in ("sa-sft", "sa-rl", f"swa{w}-sft", f"swa{w}-rl"))
-            change = paired_gap_change(run_dir, w, t)
-            change = "-" if change is None else f"{100 * change[0]:+.1f} ± {100 * change[1]:.1f}"
-            lines.append(f"| {w} | {t} | {arrow(sa_sft, sa_rl)} | {gain('sa-sft', 'sa-rl', t)} | {arrow(sft, rl)} | "
-                         f"{gain(f'swa{w}-sft', f'swa{w}-rl', t)} | {gap(sa_sft, sft)} | {gap(sa_rl, rl)} | {change} |")
+            sa_gain, swa_gain = (points(paired_gain(run_dir, f"{a}-sft", f"{a}-rl", t)) for a in ("sa", f"swa{w}"))
+            lines.append(f"| {w} | {t} | {arrow(sa_sft, sa_rl)} | {sa_gain} | {arrow(sft, rl)} | {swa_gain} | "
+                         f"{gap(sa_sft, sft)} | {gap(sa_rl, rl)} | {points(paired_gap_change(run_dir, w, t))} |")
     return lines
 
 
@@ -790,9 +789,8 @@ def control_table(run_dir, window, task="trace"):
             acc = sum(ok for r in records for ok in r["correct"]) / sum(len(r["correct"]) for r in records)
             return fmt(100 * acc, ".1f"), fmt(None if share is None else 100 * share, ".1f")
         kind = f"SFT at window {m.group(2)}" if other_window else CONTROL_KINDS.get(m.group(4), m.group(4))
-        gains = ["-" if g is None else f"{100 * g[0]:+.1f} ± {100 * g[1]:.1f}" for g in (gain, rl)]
         rows.append(f"| {label} | {m.group(5) or 0} | {kind} | {len(shared[0])} | {100 * ctrl:.1f} | "
-                    f"{fmt(gap_recovered(sa, swa, ctrl), '.3f')} | {' | '.join(gains)} | "
+                    f"{fmt(gap_recovered(sa, swa, ctrl), '.3f')} | {points(gain)} | {points(rl)} | "
                     f"{accuracy_and_fits('eval')[1]} | {' | '.join(accuracy_and_fits('eval-sampled'))} |")
     if not rows:
         return []
@@ -821,8 +819,7 @@ def matched_compute_table(run_dir, window, task="trace"):
         if cells[1] is None:
             continue
         gaps.append(cells[1][0])
-        rows.append(f"| {seed} | " + " | ".join("-" if g is None else f"{100 * g[0]:+.1f} ± {100 * g[1]:.1f}"
-                                                for g in cells) + " |")
+        rows.append(f"| {seed} | " + " | ".join(points(g) for g in cells) + " |")
     if not rows:
         return []
     mean, half = t_interval(gaps)
