@@ -238,7 +238,7 @@ trace_experiment() {
 }
 
 # gsm8k_experiment: GSM8K from $R/base (the `gsm8k` preset). Per seed: SA and SWA SFT at each window, each
-# evaluated greedily on the GSM8K test set (accuracy, parse rate, truncation); then, per RL arm, its SFT model
+# evaluated greedily on the test sets of EVAL_TASKS (accuracy, parse rate, truncation); then, per RL arm, its SFT model
 # sampled on training problems (eval-train/) and RL on those it solved sometimes. Then the controls and the SA
 # model run under each window.
 gsm8k_experiment() {

@@ -63,10 +63,10 @@ def run_tree(name, tree, work, env_extra=None, flags=()):
                        env=env, check=True, stdout=subprocess.DEVNULL)
     helptext = subprocess.run([sys.executable, "rl.py", "--help"], cwd=tree, env=env, capture_output=True,
                               text=True, check=True).stdout
-    rows = "--micro-batch" if "--micro-batch" in helptext else "--batch-size"  # the earlier tree's name for it
+    batch_flag = "--micro-batch" if "--micro-batch" in helptext else "--batch-size"  # the earlier tree's name
     device = "cpu" if args.smoke else "cuda"
     command = [sys.executable, "rl.py", "--ckpt", base, "--out", out, "--window", args.window, "--steps",
-               str(args.steps), "--device", device, rows, "2" if args.smoke else "32",
+               str(args.steps), "--device", device, batch_flag, "2" if args.smoke else "32",
                *(SMOKE if args.smoke else SETTINGS).split(), *flags]
     if args.data_dir:
         command += ["--data-dir", os.path.abspath(args.data_dir)]

@@ -327,10 +327,10 @@ if "step" not in skip:
         real, tokenizer, _ = load_checkpoint(args.exact_ckpt, device=device, dtype=dtype)
         real.eval().set_window(args.exact_window, 4)
         with open(args.exact_data) as f:
-            rows = [json.loads(line) for line in f][:256]
-        prompts = [build_prompt(tokenizer, row) for row in rows]
+            problems = [json.loads(line) for line in f][:256]
+        prompts = [build_prompt(tokenizer, problem) for problem in problems]
         print(f"\ngreedy completions of up to {args.limit} tokens (stop tokens on), {args.exact_ckpt} at window "
-              f"{args.exact_window} + 4 sinks, the first {len(rows)} problems of {args.exact_data}, against the "
+              f"{args.exact_window} + 4 sinks, the first {len(problems)} problems of {args.exact_data}, against the "
               "original path run eagerly")
         exactness(real, prompts, args.limit, tokenizer.stop_tokens)
         del real
