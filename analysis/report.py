@@ -806,12 +806,13 @@ def control_table(run_dir, window, task="trace"):
 
 def matched_compute_table(run_dir, window, task="trace"):
     """Per seed that gave both SA SFT and SWA-`window` SFT the same extra SFT (sa-sft-more, swa<window>-sft-more):
-    the SA - SWA gap after SFT, after the extra SFT and after RL, each paired over the problems both answered, and
-    the mean over seeds with its t-interval; [] when no seed has both extra SFT arms."""
+    the SA - SWA gap after SFT, after the extra SFT and after RL, each paired over the problems both answered; the
+    gap after the extra SFT minus the gap after RL, paired over the problems all four answered; and the means over
+    seeds with their t-intervals; [] when no seed has both extra SFT arms."""
     eval_dir = os.path.join(run_dir, "eval")
     labels = os.listdir(eval_dir) if os.path.isdir(eval_dir) else []
     seeds = sorted({int(m.group(5) or 0) for d in labels if (m := ARM_RE.match(d)) and m.group(4) == "more"})
-    rows, gaps = [], []
+    rows, gaps, differences = [], [], []
     for seed in seeds:
         s = f"-seed{seed}" if seed else ""
         cells = [paired_gain(run_dir, f"swa{window}-{stage}{s}", f"sa-{stage}{s}", task)  # SA minus SWA
@@ -819,18 +820,36 @@ def matched_compute_table(run_dir, window, task="trace"):
         if cells[1] is None:
             continue
         gaps.append(cells[1][0])
+        shared = shared_verdicts(run_dir, tuple(f"{arm}-{stage}{s}" for stage in ("sft-more", "rl")
+                                                for arm in ("sa", f"swa{window}")), task)
+        if shared is not None:
+            sa_more, swa_more, sa_rl, swa_rl = shared
+            cells.append(paired_mean([int(sa_more[i]) - int(swa_more[i]) - int(sa_rl[i]) + int(swa_rl[i])
+                                      for i in sa_more]))
+            differences.append(cells[-1][0])
+        else:
+            cells.append(None)
         rows.append(f"| {seed} | " + " | ".join(points(g) for g in cells) + " |")
     if not rows:
         return []
-    mean, half = t_interval(gaps)
-    summary = f"Mean gap after the extra SFT: {100 * mean:.1f} points" + (
-        f", 95% t-interval over {len(gaps)} seeds [{100 * (mean - half):.1f}, {100 * (mean + half):.1f}]."
-        if half is not None else " (one seed).")
+
+    def over_seeds(what, values):
+        mean, half = t_interval(values)
+        return f"{what}: {100 * mean:+.1f} points" + (
+            f", 95% t-interval over {len(values)} seeds [{100 * (mean - half):+.1f}, {100 * (mean + half):+.1f}]."
+            if half is not None else " (one seed).")
+
+    summary = [over_seeds("Mean gap after the extra SFT", gaps)]
+    if differences:
+        summary.append(over_seeds("Mean gap after the extra SFT minus gap after RL (positive: RL leaves the "
+                                  "smaller gap)", differences))
     return [f"### SA against SWA-{window} at matched compute", "",
             "The same extra SFT (the \"more SFT\" control) for both attentions: the SA - SWA gap in greedy accuracy "
             "(points, paired over the problems both answered, ± standard error) after SFT, after the extra SFT, and "
-            "after RL instead.", "", "| seed | gap after SFT | gap after more SFT | gap after RL |", "|---" * 4 + "|",
-            *rows, "", summary, ""]
+            "after RL instead; the last column is the gap after the extra SFT minus the gap after RL, paired over "
+            "the problems all four models answered.", "",
+            "| seed | gap after SFT | gap after more SFT | gap after RL | more SFT - RL |", "|---" * 5 + "|",
+            *rows, "", "\n\n".join(summary), ""]
 
 
 def experiment_section(run_dir, task="trace"):

@@ -545,12 +545,14 @@ def test_matched_compute_table_by_hand(tmp_path):
                               "swa64-sft-more-seed1": [1, 1, 1, 1]})
     text = "\n".join(report.matched_compute_table(str(tmp_path), 64))
     # gaps d = SA - SWA per problem: SFT [1,1,1,1] -> 1 ± 0; more [0,0,0,1] -> 0.25 ± sqrt(1 - 1/4) / 4 = 0.2165
-    assert "| 0 | +100.0 ± 0.0 | +25.0 ± 21.7 | +25.0 ± 21.7 |" in text
+    # more SFT - RL per problem: [0,0,0,1] - [1,0,0,0] = [-1,0,0,1] -> 0 ± sqrt(2) / 4 = 0.3536
+    assert "| 0 | +100.0 ± 0.0 | +25.0 ± 21.7 | +25.0 ± 21.7 | +0.0 ± 35.4 |" in text
     # seed 2: SFT [1,1,1,0] -> 0.75 ± 0.2165; more [0,0,1,1] -> 0.5 ± sqrt(2 - 1) / 4 = 0.25; no RL arms
-    assert "| 2 | +75.0 ± 21.7 | +50.0 ± 25.0 | - |" in text
+    assert "| 2 | +75.0 ± 21.7 | +50.0 ± 25.0 | - | - |" in text
     assert "| 1 |" not in text
     # mean of 0.25 and 0.5 over two seeds: t(0.975, 1) = 12.706, sd 0.1768, half-width 12.706 * 0.1768 / sqrt(2)
-    assert "Mean gap after the extra SFT: 37.5 points, 95% t-interval over 2 seeds [-121.3, 196.3]." in text
+    assert "Mean gap after the extra SFT: +37.5 points, 95% t-interval over 2 seeds [-121.3, +196.3]." in text
+    assert "minus gap after RL (positive: RL leaves the smaller gap): +0.0 points (one seed)." in text
     assert report.matched_compute_table(str(tmp_path / "nothing"), 64) == []
 
 
