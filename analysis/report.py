@@ -605,6 +605,31 @@ def trace_examples(run_dir, limit=2):
     return out
 
 
+def wrong_answers_table(run_dir, eval_dir="eval", task="trace"):
+    """Per checkpoint, where its wrong completions fail (data.trace.what_went_wrong): the Sum line adds wrong values
+    (lost or miscomputed on the way), adds the right ones wrong, or is missing; [] without trace records whose
+    prompts state their program."""
+    path = os.path.join(run_dir, eval_dir, "summary.json")
+    if not os.path.exists(path):
+        return []
+    rows, _ = evaluations(read_summary(path), run_dir)
+    lines = []
+    for r in rows:
+        records_path = os.path.join(run_dir, eval_dir, r["label"], f"{task}.jsonl")
+        if not os.path.exists(records_path):
+            continue
+        kinds = collections.Counter()
+        for record in label_records(records_path, "prompt", "completions"):
+            for completion, correct in zip(record["completions"], record["correct"]):
+                kinds["right" if correct else trace.what_went_wrong(record["prompt"], completion)] += 1
+        n = sum(kinds.values())
+        if n and None not in kinds:
+            lines.append(f"| {r['label']} | {window_text(r['window'])} | {n} | " +
+                         " | ".join(f"{100 * kinds[k] / n:.1f}" for k in ("right", "terms", "addition", "no sum")) + " |")
+    return ["| checkpoint | window | completions | right (%) | wrong values summed (%) | right values, wrong "
+            "addition (%) | no Sum line (%) |", "|---" * 7 + "|", *lines] if lines else []
+
+
 def trace_section(run_dir, logs, draw_plots):
     """The trace task's part of the report: trajectories per checkpoint (greedy and sampled), accuracy against the
     copy distance, the window's use over RL, and examples."""
@@ -631,6 +656,12 @@ def trace_section(run_dir, logs, draw_plots):
                 "register's value (number of copies). An erring copy leaves the nearest faithful occurrence where it "
                 "was, so the copies after it count as farther back. A digit guessed at random is right 10% of the "
                 "time.", "", *fidelity, ""]
+    wrong = wrong_answers_table(run_dir)
+    if wrong:
+        out += ["### Where the wrong answers go wrong", "", "Every greedy completion (`eval/`) by its last Sum line "
+                "against the program its prompt states: right; the Sum line adds values other than the registers' "
+                "final ones (a value was copied or computed wrong on the way: what the window costs); it adds the "
+                "right values but the sum is wrong (arithmetic); or it has no Sum line.", "", *wrong, ""]
     if by_distance:
         out += ["### Recall against copy distance", "", "Teacher-forced (analysis/recall.py): full-style reference "
                 "solutions with fillers of several lengths are fed as they are, and at every copy the model's most "

@@ -66,6 +66,10 @@ last write, which fits_window and max_distance use. In a full-style solution the
 the sum are one line from a copy of their value; the second operands, written two lines back, are the copies
 that bind.
 
+what_went_wrong(prompt, completion) says where a wrong completion fails: the values its Sum line adds are not
+the registers' final ones (a value was copied or computed wrong on the way), or they are and the addition is
+wrong.
+
     python -m data.trace                      # data/trace/{train,test}.jsonl, characters as tokens
     python -m data.trace --n-train 4000 --n-test 1000 --registers 3 --steps 4,8 --filler 24 \\
         --window-style-fraction 0.2 --tokenizer ckpt/base --out-dir data/trace
@@ -391,6 +395,26 @@ def trajectory(prompt_ids, completion_ids, tokenizer, window):
     summary = {k: v for k, v in stats.items() if k != "copies"}
     summary["fits"] = fits_window(stats, window)
     return summary
+
+
+PROGRAM_RE = re.compile(r"mod (\d+)\. Run (\d+) step")
+SUM_LINE_RE = re.compile(r"Sum: *[A-Z](?:\+[A-Z])*=(\d+(?:\+\d+)*)=")
+
+
+def what_went_wrong(prompt, completion):
+    """Where a wrong completion of this task fails, read from its last Sum line against the program the prompt
+    states (its last Start line, its mod and step count): "terms" (the Sum line adds values other than the
+    registers' final ones: a value was copied or computed wrong on the way), "addition" (the right values,
+    added wrong) or "no sum" (no finished Sum line). None when the prompt states no program (terse questions)."""
+    starts, program = START_RE.findall(prompt.encode()), PROGRAM_RE.findall(prompt)
+    if not starts or not program:
+        return None
+    mod, steps = map(int, program[-1])
+    final = run_program([int(v) for _, v in ASSIGNMENT_RE.findall(starts[-1])], steps, mod)[1]
+    sums = SUM_LINE_RE.findall(completion)
+    if not sums:
+        return "no sum"
+    return "terms" if [int(v) for v in sums[-1].split("+")] != final else "addition"
 
 
 def is_trace_task(task):

@@ -556,6 +556,33 @@ def test_matched_compute_table_by_hand(tmp_path):
     assert report.matched_compute_table(str(tmp_path / "nothing"), 64) == []
 
 
+def test_wrong_answers_table(tmp_path):
+    # the program of the prompt: A=3 B=5 C=1, 2 steps mod 10 -> A=8, B=6, C=1, answer 15
+    question = ("Registers A, B, C hold digits. Each step updates the next register in turn (A, B, C, A, ...): it "
+                "becomes itself plus the register after it (after C comes A), mod 10. Run 2 steps, then add up all "
+                "registers.\nStart: A=3 B=5 C=1")
+    right = "Step 1/2: A=A+B=3+5=8.\nStep 2/2: B=B+C=5+1=6.\nSum: A+B+C=8+6+1=15\n#### 15"
+    completions = [right, right.replace("=15", "=16"), right.replace("5+1=6", "5+2=7").replace("8+6+1=15", "8+7+1=16"),
+                   right.split("Sum")[0]]
+    run = tmp_path / "run"
+    (run / "eval" / "swa64-sft").mkdir(parents=True)
+    (run / "swa64-sft").mkdir()
+    (run / "swa64-sft" / "config.json").write_text(json.dumps({"window": 64}))
+    (run / "eval" / "summary.json").write_text(json.dumps({"swa64-sft": entry({"trace": task(0.25)})}))
+    (run / "eval" / "swa64-sft" / "trace.jsonl").write_text(json.dumps(
+        {"id": "p", "prompt": f"<|im_start|>user\n{question}<|im_end|>\n", "completions": completions,
+         "correct": [True, False, False, False]}) + "\n")
+    assert report.wrong_answers_table(str(run)) == [
+        "| checkpoint | window | completions | right (%) | wrong values summed (%) | right values, wrong addition (%) "
+        "| no Sum line (%) |", "|---|---|---|---|---|---|---|", "| swa64-sft | 64 | 4 | 25.0 | 25.0 | 25.0 | 25.0 |"]
+    # terse questions state no program: no table
+    (run / "eval" / "swa64-sft" / "trace.jsonl").write_text(json.dumps(
+        {"id": "p", "prompt": "Run 2 steps.\nStart: A=3 B=5 C=1", "completions": completions[1:2],
+         "correct": [False]}) + "\n")
+    assert report.wrong_answers_table(str(run)) == []
+    assert report.wrong_answers_table(str(tmp_path / "nothing")) == []
+
+
 def test_copy_fidelity_table(tmp_path, monkeypatch):
     run = tmp_path / "run"
     (run / "eval").mkdir(parents=True)

@@ -232,6 +232,22 @@ def test_reference_solutions_parse_as_written():
             assert stats["max_distance"] == row["max_distance"][row["style"]]
 
 
+def test_what_went_wrong_reads_the_sum_line_against_the_program():
+    bpe = bpe_tokenizer()
+    for row in make_split("train", 12, registers=4, steps=(1, 9), mod=100, filler=(0, 5), window_style_fraction=0.5,
+                          tokenizer=bpe):
+        prompt, solution = bpe.decode(build_prompt(bpe, row)), row["solution"]
+        final = run_program(row["start"], row["steps"], row["mod"])[1]
+        line = "+".join(map(str, final))
+        assert trace.what_went_wrong(prompt, solution) == "addition"  # the values are right; only a wrong sum is
+        assert trace.what_went_wrong(prompt, solution.replace(f"={line}=", f"={line.replace('+', '+1', 1)}=")) \
+            == "terms"
+        assert trace.what_went_wrong(prompt, solution.split("Sum:")[0]) == "no sum"
+        # only the last Sum line counts
+        assert trace.what_went_wrong(prompt, f"Sum: A=999=999\n{solution}") == "addition"
+    assert trace.what_went_wrong("Run 2 steps.\nStart: A=3 B=5 C=1", "Sum: A+B+C=8+6+1=15") is None  # terse
+
+
 def step_line_length(m, fill, style):
     """Characters of a step line and its newline, with single-digit step counts and values."""
     return len("Step 1/6: A=A+B=3+5=8.\n") + fill + (len(" A=3") * m + len(".") if style == "window" else 0)
