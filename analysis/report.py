@@ -624,8 +624,8 @@ def wrong_answers_table(run_dir, eval_dir="eval", task="trace"):
                 kinds["right" if correct else trace.what_went_wrong(record["prompt"], completion)] += 1
         n = sum(kinds.values())
         if n and None not in kinds:
-            lines.append(f"| {r['label']} | {window_text(r['window'])} | {n} | " +
-                         " | ".join(f"{100 * kinds[k] / n:.1f}" for k in ("right", "terms", "addition", "no sum")) + " |")
+            shares = [f"{100 * kinds[k] / n:.1f}" for k in ("right", "terms", "addition", "no sum")]
+            lines.append(f"| {r['label']} | {window_text(r['window'])} | {n} | " + " | ".join(shares) + " |")
     return ["| checkpoint | window | completions | right (%) | wrong values summed (%) | right values, wrong "
             "addition (%) | no Sum line (%) |", "|---" * 7 + "|", *lines] if lines else []
 

@@ -112,7 +112,8 @@ for name in chosen:
         os.makedirs(args.keep, exist_ok=True)
         shutil.copyfile(os.path.join(work, f"{name}-rl", "metrics.jsonl"), os.path.join(args.keep, f"{name}.jsonl"))
     results.append((label, tree, intervals, lines))
-    print(f"{label}: {len(lines)} steps in {time.perf_counter() - t0:.0f} s (conversion included)", flush=True)
+    print(f"{label}: {len(lines)} steps in {time.perf_counter() - t0:.0f} s (conversion included); seconds between "
+          f"steps: {', '.join(f'{t:.1f}' for t in intervals)}", flush=True)
 
 print(f"\nRL step, smollm2-gsm8k settings, window {args.window}, {args.steps - 1} timed steps per run")
 print("| tree | commit | s/step (median) | s/step (each) | gen rounds | completion tokens (mean) | gen tokens/s "

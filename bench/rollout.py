@@ -4,10 +4,13 @@ Rollout (generation) speed of model.py's decoding, section by section, every rat
   step        The decoding step at batch 1024, window 512, SmolLM2-135M's shape (dim 576, 30 layers, 9 heads, 3
               key/value heads, vocabulary 49152): the original path (every layer builds its mask and calls SDPA,
               sampling with torch.multinomial outside the CUDA graph) and each model.DECODE_ATTENTION variant
-              (sampling inside the graph), sdpa and math also compiled (model.DECODE_COMPILE), in ms per step
-              against the step's memory floor: the bytes it must move (the cache slots it attends, the weights, the
-              float32 logits written once and read once) at the device-to-device copy bandwidth measured here
-              (bytes read + written per second). --profile prints each variant's kernels.
+              (sampling inside the graph), sdpa and math also compiled (model.DECODE_COMPILE; --variants picks),
+              in ms per step against the step's memory floor: the bytes it must move (the cache slots it attends,
+              the weights, the float32 logits written once and read once) at the device-to-device copy bandwidth
+              measured here (bytes read + written per second). --profile prints each variant's kernels.
+  exact       Greedy completions of each step variant, graphed, against the original path run eagerly: random weights
+              (64 rows, past the ring's first wrap), and with --exact-ckpt a trained model on real problems (stop
+              tokens on), whose logits are far from the near-ties of random weights.
   sampling    One sampling call on batch x vocabulary float32 logits: the original sample_next and model.sample_next.
   fair        Sliding window against full attention for 1k-16k-token completions at SmolLM2-135M's shape: the window
               (ring cache), full attention over every slot of a cache sized for the completion (static, as before),
@@ -37,6 +40,7 @@ depend on them).
     python bench/rollout.py --skip qwen,fair         # leave sections out
     python bench/rollout.py --skip qwen,fair,continuous --profile --exact-ckpt ckpt/base   # the step's kernels, and
                                                      # exactness with trained weights on GSM8K (window 64, stop tokens)
+    python bench/rollout.py --skip exact,sampling,fair,qwen,continuous --variants sdpa,compiled-math   # two variants
     python bench/rollout.py --smoke                  # tiny sizes on the CPU: checks the script end to end
 """
 import argparse
@@ -57,11 +61,19 @@ from common import build_prompt  # noqa: E402
 from model import (Config, Decoder, Transformer, cuda_graphed, generate, generate_continuous, load_checkpoint,  # noqa: E402
                    sample_next)
 
-SECTIONS = ("step", "sampling", "fair", "qwen", "continuous")
+SECTIONS = ("step", "exact", "sampling", "fair", "qwen", "continuous")
 # the step section's variants: (model.DECODE_ATTENTION, model.DECODE_COMPILE)
 VARIANTS = (("per_layer", False), ("sdpa", False), ("math", False), ("flex", False), ("sdpa", True), ("math", True))
+
+
+def variant_name(impl, compiled):
+    return f"compiled-{impl}" if compiled else impl
+
+
 parser = argparse.ArgumentParser(description="rollout speed: decoding step, SWA vs full attention, continuous batching")
 parser.add_argument("--skip", default="", help=f"sections to leave out, comma-separated: {', '.join(SECTIONS)}")
+parser.add_argument("--variants", default=",".join(variant_name(*v) for v in VARIANTS),
+                    help="step variants the step and exact sections run, comma-separated")
 parser.add_argument("--hf", action="store_true", help="also time Hugging Face transformers' generate")
 parser.add_argument("--batch", type=int, default=1024, help="batch of the step section")
 parser.add_argument("--window", type=int, default=512, help="sliding window at SmolLM2's shape")
@@ -80,7 +92,7 @@ parser.add_argument("--hf-batch", type=int, default=64, help="batch of the Huggi
 parser.add_argument("--hf-length", type=int, default=1024, help="completion length of the Hugging Face comparison")
 parser.add_argument("--smoke", action="store_true", help="tiny models and sizes on the CPU")
 parser.add_argument("--profile", action="store_true", help="print each step variant's kernels (torch.profiler)")
-parser.add_argument("--exact-ckpt", default=None, help="a trained checkpoint: the step section also checks each "
+parser.add_argument("--exact-ckpt", default=None, help="a trained checkpoint: the exact section also checks each "
                     "variant's greedy completions with it, on real problems")
 parser.add_argument("--exact-data", default="data/gsm8k/test.jsonl", help="the problems of --exact-ckpt's check")
 parser.add_argument("--exact-window", type=int, default=64, help="the window of --exact-ckpt's check")
@@ -88,6 +100,9 @@ args = parser.parse_args()
 skip = {s for s in args.skip.split(",") if s}
 if skip - set(SECTIONS):
     parser.error(f"unknown sections {sorted(skip - set(SECTIONS))}")
+variants = [v for v in VARIANTS if variant_name(*v) in args.variants.split(",")]
+if len(variants) != len(set(args.variants.split(","))):
+    parser.error(f"--variants: choose from {', '.join(variant_name(*v) for v in VARIANTS)}")
 
 device = torch.device("cuda" if torch.cuda.is_available() and not args.smoke else "cpu")
 cuda = device.type == "cuda"
@@ -263,7 +278,7 @@ def exactness(model, prompts, length, stop_tokens=()):
     ref_tokens, ref_logprobs = generate(model, prompts, length, stop_tokens=stop_tokens, cuda_graph=False)
     print("| path | rows with identical tokens | tokens identical before the first difference | max log-prob gap |")
     print("|---|---|---|---|")
-    for impl, compiled in VARIANTS:
+    for impl, compiled in variants:
         with_attention(impl, compiled)
         tokens, logprobs = generate(model, prompts, length, stop_tokens=stop_tokens)
         same = sum(a == b for a, b in zip(tokens, ref_tokens))
@@ -303,13 +318,13 @@ if "step" not in skip:
     with_attention("per_layer")
     dec = new_decoder(model, args.batch, cache_len)
     rows.append(("original", "per_layer", "multinomial, outside the graph", original_step_ms(model, dec, fill)))
+    floor = floor_ms(model, args.batch, fill, dec.cache, bandwidth)
     del dec
     free_memory()
-    for impl, compiled in VARIANTS:
+    for impl, compiled in variants:
         with_attention(impl, compiled)
         dec = new_decoder(model, args.batch, cache_len)
         rows.append(("compiled" if compiled else "new", impl, "Gumbel-max, in the graph", step_ms(dec, fill)))
-        floor = floor_ms(model, args.batch, fill, dec.cache, bandwidth)
         if args.profile:
             profile(dec, f"{rows[-1][0]} {impl}")
         del dec
@@ -317,12 +332,21 @@ if "step" not in skip:
     for path, impl, sampling, ms in rows:
         print(f"| {path} | {impl} | {sampling} | {ms:.2f} | {args.batch / ms * 1e3:,.0f} | {floor:.2f} | "
               f"{ms / floor:.1f}x |")
-    # Exactness on this device: greedy tokens of each path, graphed, against the original path run eagerly
+    with_attention("auto")
+    del model
+    free_memory()
+    done_in(t0)
+
+# -- exactness ---------------------------------------------------------------------------------------------------
+if "exact" not in skip:
+    t0 = section("Exactness: greedy tokens of each step variant, graphed, against the original path run eagerly", 60)
+    model = build(SMOLLM2, args.window)
     prompts = torch.randint(0, SMOLLM2["vocab_size"], (64, args.prompt_len), generator=torch.Generator().manual_seed(1))
     prompts = [p[:args.prompt_len - i % 4].tolist() for i, p in enumerate(prompts)]  # left padding of 0-3 tokens
     length = args.window + 64  # past the ring's first wrap
-    print(f"\ngreedy completions of {length} tokens, 64 rows, random weights, against the original path run eagerly")
+    print(f"greedy completions of {length} tokens, 64 rows, random weights (window {args.window})")
     exactness(model, prompts, length)
+    del model
     if args.exact_ckpt:  # a trained model's logits are far from ties, unlike random weights'
         real, tokenizer, _ = load_checkpoint(args.exact_ckpt, device=device, dtype=dtype)
         real.eval().set_window(args.exact_window, 4)
@@ -330,12 +354,10 @@ if "step" not in skip:
             problems = [json.loads(line) for line in f][:256]
         prompts = [build_prompt(tokenizer, problem) for problem in problems]
         print(f"\ngreedy completions of up to {args.limit} tokens (stop tokens on), {args.exact_ckpt} at window "
-              f"{args.exact_window} + 4 sinks, the first {len(problems)} problems of {args.exact_data}, against the "
-              "original path run eagerly")
+              f"{args.exact_window} + 4 sinks, the first {len(problems)} problems of {args.exact_data}")
         exactness(real, prompts, args.limit, tokenizer.stop_tokens)
         del real
     with_attention("auto")
-    del model
     free_memory()
     done_in(t0)
 

@@ -244,6 +244,15 @@ def test_rollout_benchmark_smoke(tmp_path):
                              "--limit", "40"], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "| compiled math | 5 of 5 |" in result.stdout, result.stdout
-    for heading in ("Decoding step", "Sampling one token", "vs full attention, SmolLM2", "Qwen2.5-1.5B shape",
-                    "Continuous batching"):
+    for heading in ("Decoding step", "Exactness", "Sampling one token", "vs full attention, SmolLM2",
+                    "Qwen2.5-1.5B shape", "Continuous batching"):
         assert heading in result.stdout, result.stdout
+    # --variants picks the step variants; a section left out prints nothing
+    result = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "rollout.py"), "--smoke", "--variants",
+                             "sdpa,compiled-math", "--skip", "sampling,fair,qwen,continuous,exact"], cwd=ROOT,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = [line.split("|")[1:3] for line in result.stdout.splitlines() if line.startswith("| ") and "ms" not in line]
+    assert [(p.strip(), a.strip()) for p, a in rows] == [("original", "per_layer"), ("new", "sdpa"),
+                                                         ("compiled", "math")]
+    assert "Exactness" not in result.stdout and "Sampling one token" not in result.stdout
