@@ -175,7 +175,6 @@ class DecodeStep:
     the keys each row may attend. The first of those layers computes them; the others reuse them."""
 
     def __init__(self):
-        self.positions = None  # the step's positions tensor (the same object for every layer of one forward pass)
         self.rows = self.slots = self.mask = self.allowed = self.block_mask = None
 
 
@@ -185,10 +184,11 @@ class LayerCache:
     Position p lives in slot p for full layers. Sliding-window layers keep `sinks` fixed slots plus a ring of
     `window` slots (slot sinks + (p - sinks) % window). `positions` records what each slot holds (-1: empty),
     which is all the attention mask needs. One extra slot at the end receives writes that must be dropped.
-    Layers with the same window lay out their slots alike and hold the same positions; `shared` is their DecodeStep.
+    Layers with the same window lay out their slots alike and hold the same positions; `shared` is their DecodeStep,
+    which the first of them in a forward pass (`leads`) computes.
     """
 
-    def __init__(self, batch, n_kv_heads, head_dim, window, sinks, max_len, dtype, device, shared=None):
+    def __init__(self, batch, n_kv_heads, head_dim, window, sinks, max_len, dtype, device, shared=None, leads=True):
         self.window, self.sinks = window, sinks
         self.ring = window is not None and window + sinks < max_len
         self.n_slots = window + sinks if self.ring else max_len
@@ -197,6 +197,7 @@ class LayerCache:
         self.positions = torch.full((batch, self.n_slots + 1), -1, dtype=torch.long, device=device)
         self.empty = True
         self.shared = DecodeStep() if shared is None else shared
+        self.leads = leads
 
     def attend(self, q, k, v, positions):
         """Attention of new queries over the cached keys plus the new keys; the new keys are stored."""
@@ -245,9 +246,7 @@ class LayerCache:
         """One new token per row (positions (B, 1), -1 for padding): store it, then attend over the cache with the
         step's shared mask. Returns (B, Hq, 1, D)."""
         impl, step, n = decode_impl(), self.shared, self.n_slots
-        first = step.positions is not positions
-        if first:
-            step.positions = positions
+        if self.leads:
             slots = positions.clamp(min=0)
             if self.ring:
                 slots = torch.where(slots < self.sinks, slots, self.sinks + (slots - self.sinks) % self.window)
@@ -258,7 +257,7 @@ class LayerCache:
         self.k[step.rows, :, step.slots] = k.transpose(1, 2).to(self.k.dtype)
         self.v[step.rows, :, step.slots] = v.transpose(1, 2).to(self.v.dtype)
         self.positions[step.rows, step.slots] = positions
-        if first:
+        if self.leads:
             self.share_mask(positions, impl, q.shape[1] // k.shape[1])
         keys, values = self.k[:, :, :n], self.v[:, :, :n]
         B, Hkv, _, D = k.shape
@@ -346,9 +345,15 @@ class Cache:
 
     def __init__(self, config, batch, max_len, dtype, device):
         shared = {}  # the layers with the same window lay out their slots alike: one DecodeStep for them all
-        self.layers = [LayerCache(batch, config.n_kv_heads, config.head_dim, config.layer_window(i), config.sinks,
-                                  max_len, dtype, device, shared.setdefault(config.layer_window(i), DecodeStep()))
-                       for i in range(config.n_layers)]
+        self.layers = []
+        for i in range(config.n_layers):
+            window = config.layer_window(i)
+            # Which layer leads is fixed here rather than found in each step (by comparing the step's positions with
+            # those the DecodeStep kept from the last step): a compiled step would guard on what the DecodeStep held,
+            # and compile twice for every shape, once for a cache's first step and once for the steps after it.
+            leads = window not in shared
+            self.layers.append(LayerCache(batch, config.n_kv_heads, config.head_dim, window, config.sinks, max_len,
+                                          dtype, device, shared.setdefault(window, DecodeStep()), leads))
         self.seen = torch.zeros(batch, dtype=torch.long, device=device)
 
 
@@ -523,9 +528,10 @@ def head_loss(x, weight, targets):
     return F.cross_entropy(logits.flatten(0, -2), targets.flatten(), ignore_index=-1, reduction="sum")
 
 
-def sample_next(logits, temperature, top_k=None, top_p=None, generator=None):
+def sample_next(logits, temperature, top_k=None, top_p=None, generator=None, clocks=None):
     """Pick one token per row of logits (B, vocab). Returns (tokens, their log-probabilities under
     softmax(logits / temperature)); temperature 0 picks the argmax, with log-probabilities at temperature 1.
+    clocks: the exponential draws below, (B, vocab) float32, if the caller has drawn them (then generator is unused).
 
     Sampling is Gumbel-max: with E_i ~ Exp(1) drawn independently for every token, argmax_i(log p_i - log E_i) is
     token i with probability p_i (the first of independent exponential clocks E_i / p_i to ring). That is a few
@@ -548,8 +554,9 @@ def sample_next(logits, temperature, top_k=None, top_p=None, generator=None):
             race = race.scatter(-1, order, sorted_lp.masked_fill(drop, float("-inf")))
         # exponential_ does not return 0 on a GPU (its kernel maps the uniform's endpoint to a tiny positive value),
         # and on the CPU with probability 2^-53 at most, so log E is finite and a token out of the race never wins.
-        clocks = torch.empty_like(race).exponential_(generator=generator)
-        tokens = (race - clocks.log_()).argmax(-1)
+        if clocks is None:
+            clocks = torch.empty_like(race).exponential_(generator=generator)
+        tokens = (race - clocks.log()).argmax(-1)
     return tokens, logprobs.gather(-1, tokens[:, None]).squeeze(-1)
 
 
@@ -630,8 +637,18 @@ class Decoder:
         self.count = torch.zeros(rows, dtype=torch.long, device=device)
         self.done = torch.ones(rows, dtype=torch.bool, device=device)
         self.stop = torch.tensor(sorted(set(stop_tokens)), dtype=torch.long, device=device)
+        # Sampling's random draws are made before the step rather than inside it: compiled code cannot take a
+        # torch.Generator, and dynamo would cut the step into four graphs around the draw (each compiled per shape).
+        self.clocks = None if temperature <= 0 else torch.empty(rows, model.config.vocab_size, dtype=torch.float32,
+                                                                device=device)
+        compiled = compiled_step(self._step) if DECODE_COMPILE else self._step
+
+        def step():
+            if self.clocks is not None:
+                self.clocks.exponential_(generator=generator)
+            compiled()
+
         graphed = cuda_graph and device.type == "cuda"
-        step = compiled_step(self._step) if DECODE_COMPILE else self._step
         self._run = cuda_graphed(step, device, generator) if graphed else step
         # The host reads which rows have stopped `lag` steps late: on a GPU it then never waits for the step it has
         # just launched, and the device runs that step meanwhile (one step more than needed, at the end).
@@ -640,7 +657,7 @@ class Decoder:
     @torch.no_grad()
     def _step(self):
         logits = self.model(self.feed, doc_ids=self.feed_doc, cache=self.cache, last_only=True)[:, -1]
-        token, logprob = sample_next(logits, *self.sampling)
+        token, logprob = sample_next(logits, *self.sampling, clocks=self.clocks)
         live = ~self.done
         column = torch.where(live, self.count, self.max_new_tokens)[:, None]
         self.tokens.scatter_(1, column, token[:, None])

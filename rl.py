@@ -58,6 +58,7 @@ import time
 
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 from tqdm import tqdm
 
 from common import (DATA_DIR, EVAL_TASK, METRICS_FILE, STATE_FILE, MetricsLog, add_window_args, apply_window,
@@ -204,15 +205,28 @@ def spread(values, mask):
     return out.to(mask.device)
 
 
-def token_logprobs(model, inputs, doc_ids, targets, mask, temperature, entropy=False):
+def token_logprobs(model, inputs, doc_ids, targets, mask, temperature, entropy=False, pad_to=None):
     """Log-probabilities of the targets under softmax(logits / temperature), as generate computes them,
-    at the masked positions only (prompt logits are never needed). Optionally the summed entropy too."""
-    logits = model(inputs, doc_ids=doc_ids)
+    at the masked positions only (prompt logits are never needed). Optionally the summed entropy too.
+    pad_to (rows, multiple): the forward pass runs with padding added, up to at least `rows` rows and a multiple of
+    `multiple` positions, which no token attends and whose logits are dropped (compiled_shape)."""
+    B, T = inputs.shape
+    if pad_to is not None:
+        pad = (0, -T % pad_to[1], 0, max(pad_to[0] - B, 0))
+        inputs, doc_ids = F.pad(inputs, pad), F.pad(doc_ids, pad, value=-1)
+    logits = model(inputs, doc_ids=doc_ids)[:B, :T]
     logp = (logits[mask] / temperature).log_softmax(-1)
     picked = logp.gather(-1, targets[mask][:, None]).squeeze(-1)
     out = torch.zeros(mask.shape, dtype=picked.dtype, device=picked.device).masked_scatter(mask, picked)
     ent = float(-(logp.detach().exp() * logp.detach()).sum()) if entropy else 0.0
     return out, ent
+
+
+def compiled_shape(args):
+    """token_logprobs's pad_to for the policy's forward passes. Compiled blocks (--compile) are compiled anew for
+    every input shape, and rollouts come in ever-new lengths and numbers: padded to --batch-size rows and a multiple
+    of 128 positions, a few shapes serve every micro-batch."""
+    return (args.batch_size, 128) if args.compile else None
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -475,7 +489,8 @@ def old_logprobs(model, ref, seqs, args, autocast, device, m):
         with autocast:
             old = sampled
             if args.old_logprobs == "trainer":
-                old, _ = token_logprobs(model, inputs, doc_ids, targets, mask, args.temperature)
+                old, _ = token_logprobs(model, inputs, doc_ids, targets, mask, args.temperature,
+                                        pad_to=compiled_shape(args))
                 gap = (old - sampled).abs()[mask]
                 m["gap"] += float(gap.sum())
                 m["gap_max"] = max(m["gap_max"], float(gap.max()) if gap.numel() else 0.0)
@@ -523,7 +538,7 @@ def update(model, opt, seqs, args, rng, autocast, device, all_reduce, ddp, m):
                 trained = mask & torch.tensor([q["train"] for q in chunk], device=device)[:, None]
                 with autocast:
                     lp, entropy = token_logprobs(model, inputs, doc_ids, targets, mask, args.temperature,
-                                                 entropy=True)
+                                                 entropy=True, pad_to=compiled_shape(args))
                 loss, st = policy_loss(lp, old, adv, trained, args.clip_low, args.clip_high, args.aggregation,
                                        normaliser, args.max_new_tokens, ref, args.kl_beta, weights)
                 loss.backward()

@@ -1,5 +1,6 @@
 """Generation: Gumbel-max sampling's distribution, the decoding variants and continuous batching against the original
 decoding loop, flex_attention's key-block counts, and the rollout benchmark's smoke run."""
+import functools
 import os
 import subprocess
 import sys
@@ -154,6 +155,27 @@ def test_compiled_decoding_step_matches_the_original_loop(monkeypatch, impl, con
     counters.clear()
     assert_same(generate(model, PROMPTS[:5], 14), tuple(part[:5] for part in want), 1e-4)
     assert counters["stats"]["unique_graphs"] == 0
+
+
+def test_compiled_decoding_step_compiles_once_per_row_count(monkeypatch):
+    """The compiled step is compiled once for each row count and then reused by every call with that count, whatever
+    else differs: how many prompts (rounded up to the same rows), which prompts and how long, a new decoder and cache,
+    a cache's first step and the steps after it; sampling with a generator does not split it into several graphs.
+    Dynamo's guards decide what is compiled again whatever the backend: the eager backend leaves out inductor's code
+    generation, seconds per graph."""
+    torch._dynamo.reset()
+    monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="eager"))
+    monkeypatch.setattr(model_module, "DECODE_COMPILE", True)
+    model = toy_model(**CONFIGS["hybrid"])  # two slot layouts, each with a DecodeStep of its own
+    sampling = dict(temperature=1.0, top_p=0.9, stop_tokens=[7], generator=torch.Generator().manual_seed(0))
+    counters = torch._dynamo.utils.counters
+    counters.clear()
+    generate_continuous(model, PROMPTS, 14, slots=8, **sampling)  # 6 prompts on 8 rows
+    generate_continuous(model, [p + [60, 61, 62] for p in PROMPTS[1:]], 14, slots=8, min_refill=1, **sampling)
+    generate(model, PROMPTS[::-1] + [[70]], 14, **sampling)  # 7 prompts
+    assert counters["stats"]["unique_graphs"] == 1
+    generate(model, PROMPTS[:3], 14, **sampling)  # 4 rows: a shape of its own
+    assert counters["stats"]["unique_graphs"] == 2
 
 
 @pytest.mark.parametrize("config", CONFIGS)

@@ -3,12 +3,15 @@ Tests of rl.py: the loss math by hand, and whole RL runs of a toy byte-level mod
 
     python -m pytest -q tests/test_rl.py
 """
+import copy
+import functools
 import json
 import math
 import os
 import shutil
 import subprocess
 import sys
+import types
 
 import pytest
 import torch
@@ -164,6 +167,31 @@ def test_make_batch_layout():
     assert inputs.tolist() == [[1, 2, 3, 5], [4, 7, 8, 0]]
     assert targets[mask].tolist() == [5, 6, 7, 8, 9]
     assert doc_ids.tolist() == [[0, 0, 0, 0], [0, 0, 0, -1]]
+
+
+def test_compiled_blocks_compile_once_for_micro_batches_of_any_shape(monkeypatch):
+    """rl.py --compile pads every micro-batch's forward pass to --batch-size rows and a multiple of 128 positions: the
+    compiled blocks are compiled once without gradients and once with them, whatever the micro-batches' lengths and
+    numbers of rows, and the padding changes no log-probability. (The eager backend: dynamo's guards decide what is
+    compiled again, as in test_generate's test_compiled_decoding_step_compiles_once_per_row_count.)"""
+    torch._dynamo.reset()
+    monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="eager"))
+    model = Transformer(Config(window=4, sinks=1)).init_weights(0)
+    eager = copy.deepcopy(model)
+    model.compile_blocks()
+    pad_to = rl.compiled_shape(types.SimpleNamespace(compile=True, batch_size=4))
+    counters = torch._dynamo.utils.counters
+    counters.clear()
+    for rows, length in ((4, 10), (3, 17), (2, 5)):
+        prompts = [[1 + (r + t) % 200 for t in range(3 + r)] for r in range(rows)]
+        completions = [[2 + (r * t) % 200 for t in range(length - r)] for r in range(rows)]
+        batch = rl.make_batch(prompts, completions, "cpu")
+        with torch.no_grad():
+            want, _ = rl.token_logprobs(eager, *batch, 0.7)
+            got, _ = rl.token_logprobs(model, *batch, 0.7, pad_to=pad_to)
+        torch.testing.assert_close(got, want)
+        rl.token_logprobs(model, *batch, 0.7, pad_to=pad_to)[0].sum().backward()
+    assert counters["stats"]["unique_graphs"] == 2
 
 
 # ---- whole runs on a toy task -------------------------------------------------------------------------
