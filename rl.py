@@ -65,7 +65,7 @@ from common import (DATA_DIR, EVAL_TASK, METRICS_FILE, STATE_FILE, MetricsLog, a
                     build_prompt, check_window_args, close_distributed, evaluate_task, fail, init_distributed,
                     load_state, load_task, print0, read_records, run_main, save_run, weights_id)
 from data import trace
-from data.answers import find_answer, is_correct
+from data.answers import find_answer, is_correct, is_correct_many
 from model import generate_continuous, load_checkpoint, recover_checkpoint
 
 ALGOS = {  # as each paper defines it; overlong: DAPO's soft penalty over the last 20% of the length limit
@@ -258,6 +258,9 @@ def parse_args(argv):
     g.add_argument("--dynamic-sampling", action=argparse.BooleanOptionalAction, default=None,
                    help="drop groups whose rewards are all equal and draw more problems (default: --algo's)")
     g.add_argument("--max-gen-rounds", type=int, default=3, help="generation rounds per step to refill groups")
+    g.add_argument("--score-workers", type=int, default=min(8, (os.cpu_count() or 1) - 1),
+                   help="processes that check answers symbolically (math_verify, tens of ms an answer), spawned "
+                        "once per process; 1 or less: none, all in this process")
     g = parser.add_argument_group("reward")
     g.add_argument("--reward", default="task", choices=REWARDS,
                    help="task: 1 for a correct answer; random: a fair coin per completion (spurious-reward "
@@ -366,10 +369,11 @@ def algorithm_settings(args):
 # ----------------------------------------------------------------------------------------------------------
 # The steps of one RL step: rollouts -> advantages -> old log-probs -> updates -> metrics
 
-def reward_of(text, finished, length, answer, args, coin):
+def reward_of(text, finished, length, answer, args, coin, correct=None):
     """(reward, correct) of one completion. `correct` is the task's verdict whatever reward is trained on, so a
-    control run still reports its true accuracy."""
-    correct = is_correct(text, answer)
+    control run still reports its true accuracy (is_correct(text, answer) unless the caller has it)."""
+    if correct is None:
+        correct = is_correct(text, answer)
     explicit = find_answer(text)[1] in EXPLICIT_ANSWERS
     if args.reward == "random":
         reward = float(coin.random() < 0.5)  # drawn only here, so the coin's sequence depends on the seed alone
@@ -398,12 +402,16 @@ def collect_rollouts(sampler, tokenizer, problems, prompts, draw, n_groups, args
                                                    stop_tokens=tokenizer.stop_tokens, generator=sample_gen)
         m["gen_s"] += time.time() - t0  # the results are lists, so the device is done
         t0 = time.time()
+        ends = [bool(t) and t[-1] in stops for t in tokens]
+        texts = [tokenizer.decode(t[:-1] if done else t) for t, done in zip(tokens, ends)]
+        verdicts = is_correct_many(texts, [problems[i]["answer"] for i in chosen for _ in range(G)],
+                                   args.score_workers)
         for g, i in enumerate(chosen):
             rewards, correct = [], []
-            finished = [bool(t) and t[-1] in stops for t in tokens[g * G:(g + 1) * G]]
-            for t, done in zip(tokens[g * G:(g + 1) * G], finished):
-                r, ok = reward_of(tokenizer.decode(t[:-1] if done else t), done, len(t), problems[i]["answer"],
-                                  args, coin)
+            finished = ends[g * G:(g + 1) * G]
+            for j, (t, done) in enumerate(zip(tokens[g * G:(g + 1) * G], finished)):
+                r, ok = reward_of(texts[g * G + j], done, len(t), problems[i]["answer"], args, coin,
+                                  verdicts[g * G + j])
                 rewards.append(r)
                 correct.append(ok)
                 if trace.is_trace_task(args.task):

@@ -9,7 +9,8 @@ extract_answer tries, in order: GSM8K style "#### N", the last brace-matched \\b
 "the answer is ...", and as a declared fallback the last number in the text. find_answer also returns
 which of these matched. is_correct compares numerically first and falls back to symbolic equality with
 math_verify under a time limit (on the main thread only: the limit is a SIGALRM; other threads get the
-numeric and plain-text comparisons).
+numeric and plain-text comparisons). is_correct_many checks a batch the same way, with the symbolic
+comparisons, which take tens of milliseconds where the rest take microseconds, spread over worker processes.
 
 Numbers: commas, trailing zeros, fractions, a mixed number ("3 1/2" and "3\\frac{1}{2}" are 3.5; "3 4/2" is
 not a number), percents and $ are forgiven. Words after a number are read as follows:
@@ -185,19 +186,69 @@ def _symbolic_equal(pred, ref):
     return bool(gold and answer and verify(gold, answer, timeout_seconds=SYMBOLIC_TIMEOUT_S))
 
 
+def _quick_verdict(completion, reference_answer):
+    """is_correct's verdict where it needs no symbolic comparison, else the pair (prediction, reference) to compare
+    symbolically."""
+    pred = extract_answer(completion)
+    if isinstance(reference_answer, (int, float)):
+        reference_answer = str(reference_answer)
+    if pred is None or not isinstance(reference_answer, str) or not reference_answer.strip():
+        return False
+    a, b = to_number(pred), to_number(reference_answer)
+    if a is not None and b is not None:
+        return a == b
+    if _normalize_text(pred) == _normalize_text(reference_answer):
+        return True
+    return pred, reference_answer
+
+
 def is_correct(completion, reference_answer):
     """True iff the completion's final answer equals the reference answer. Never raises."""
     try:
-        pred = extract_answer(completion)
-        if isinstance(reference_answer, (int, float)):
-            reference_answer = str(reference_answer)
-        if pred is None or not isinstance(reference_answer, str) or not reference_answer.strip():
-            return False
-        a, b = to_number(pred), to_number(reference_answer)
-        if a is not None and b is not None:
-            return a == b
-        if _normalize_text(pred) == _normalize_text(reference_answer):
-            return True
-        return _symbolic_equal(pred, reference_answer)
+        verdict = _quick_verdict(completion, reference_answer)
+        return verdict if isinstance(verdict, bool) else _symbolic_equal(*verdict)
     except Exception:  # noqa: BLE001 -- a reward function must never crash a training run
         return False
+
+
+def _symbolic_or_false(pair):
+    try:
+        return _symbolic_equal(*pair)
+    except Exception:  # noqa: BLE001
+        return False
+
+
+_pool = None
+
+
+def is_correct_many(completions, reference_answers, workers=0):
+    """[is_correct(c, r) for c, r in zip(completions, reference_answers)], with the symbolic comparisons (tens of
+    milliseconds each, where the rest takes microseconds) spread over `workers` processes when there are more of
+    them than workers. The processes are spawned once and kept: each has its own main thread, which math_verify's
+    time limit needs."""
+    global _pool
+    verdicts = []
+    for completion, reference in zip(completions, reference_answers):
+        try:
+            verdicts.append(_quick_verdict(completion, reference))
+        except Exception:  # noqa: BLE001
+            verdicts.append(False)
+    pending = [i for i, v in enumerate(verdicts) if not isinstance(v, bool)]
+    results = None
+    if workers > 1 and len(pending) > workers and _pool is not False:
+        import concurrent.futures
+        import multiprocessing
+        try:
+            if _pool is None:
+                # spawned, not forked: the caller may hold a CUDA context, which a forked child cannot use or copy
+                _pool = concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+            results = list(_pool.map(_symbolic_or_false, [verdicts[i] for i in pending], chunksize=4))
+        except (OSError, concurrent.futures.process.BrokenProcessPool) as e:
+            # e.g. a main module that a spawned process cannot import again (python - < script): compare here
+            print(f"answer checking goes on in one process: its worker processes failed ({type(e).__name__})")
+            _pool = False
+    if results is None:
+        results = [_symbolic_or_false(verdicts[i]) for i in pending]
+    for i, ok in zip(pending, results):
+        verdicts[i] = ok
+    return verdicts

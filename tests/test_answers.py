@@ -7,6 +7,7 @@ import time
 
 import pytest
 
+import data.answers as answers
 from data.answers import MAGNITUDES, NOT_UNITS, POWERS, extract_answer, find_answer, is_correct, to_number
 
 EXTRACT_CASES = [
@@ -186,3 +187,12 @@ def test_off_main_thread_numeric_still_works():
     worker.start()
     worker.join()
     assert results == [(True, False)]  # symbolic needs the main thread's SIGALRM time limit, so it is skipped
+
+
+def test_is_correct_many_gives_is_correct_in_this_process_and_in_workers():
+    # CORRECT_CASES has symbolic comparisons (\sqrt{8} against 2\sqrt{2}, fractions, ...) as well as quick ones;
+    # twice over, so that more comparisons wait than there are workers
+    completions, references, expected = zip(*(CORRECT_CASES * 2), ("#### x+1", None, False))
+    assert answers.is_correct_many(completions, references) == list(expected)
+    assert answers.is_correct_many(completions, references, workers=2) == list(expected)  # spawned processes
+    assert answers._pool, "the worker processes failed: the comparisons ran here"
