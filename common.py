@@ -21,7 +21,7 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from data.answers import find_answer, is_correct, to_number
+from data.answers import SCORE_WORKERS, find_answer, is_correct_many, to_number
 from model import checkpoint_files, generate, save_checkpoint
 
 STATE_FILE = "trainer_state.pt"  # optimizer, step, RNG: what --resume needs
@@ -533,12 +533,14 @@ def evaluate_task(model, tokenizer, problems, max_new_tokens=512, batch_size=16,
             gen_seconds += time.time() - t0
             generated += sum(len(t) for t in tokens)
             lines = []
+            ends = [bool(t) and t[-1] in stops for t in tokens]
+            texts = [tokenizer.decode(t[:-1] if f else t) for t, f in zip(tokens, ends)]
+            verdicts = is_correct_many(texts, [p["answer"] for p in batch for _ in range(samples)], SCORE_WORKERS)
             for i, p in enumerate(batch):
-                outs = tokens[i * samples:(i + 1) * samples]
-                finished = [bool(t) and t[-1] in stops for t in outs]
-                completions = [tokenizer.decode(t[:-1] if f else t) for t, f in zip(outs, finished)]
+                outs, finished = tokens[i * samples:(i + 1) * samples], ends[i * samples:(i + 1) * samples]
+                completions = texts[i * samples:(i + 1) * samples]
                 answers = [find_answer(c)[0] for c in completions]
-                correct = [is_correct(c, p["answer"]) for c in completions]
+                correct = verdicts[i * samples:(i + 1) * samples]
                 votes = collections.Counter(answer_key(a) for a in answers if a is not None)
                 majority = votes.most_common(1)[0][0] if votes else None
                 record = {"id": p["id"], "prompt": tokenizer.decode(prompts[p["id"]]), "reference": p["answer"],

@@ -65,7 +65,7 @@ from common import (DATA_DIR, EVAL_TASK, METRICS_FILE, STATE_FILE, MetricsLog, a
                     build_prompt, check_window_args, close_distributed, evaluate_task, fail, init_distributed,
                     load_state, load_task, print0, read_records, run_main, save_run, weights_id)
 from data import trace
-from data.answers import find_answer, is_correct, is_correct_many
+from data.answers import SCORE_WORKERS, find_answer, is_correct, is_correct_many
 from model import generate_continuous, load_checkpoint, recover_checkpoint
 
 ALGOS = {  # as each paper defines it; overlong: DAPO's soft penalty over the last 20% of the length limit
@@ -258,7 +258,7 @@ def parse_args(argv):
     g.add_argument("--dynamic-sampling", action=argparse.BooleanOptionalAction, default=None,
                    help="drop groups whose rewards are all equal and draw more problems (default: --algo's)")
     g.add_argument("--max-gen-rounds", type=int, default=3, help="generation rounds per step to refill groups")
-    g.add_argument("--score-workers", type=int, default=min(8, (os.cpu_count() or 1) - 1),
+    g.add_argument("--score-workers", type=int, default=SCORE_WORKERS,
                    help="processes that check answers symbolically (math_verify, tens of ms an answer), spawned "
                         "once per process; 1 or less: none, all in this process")
     g = parser.add_argument_group("reward")

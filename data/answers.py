@@ -32,6 +32,7 @@ last MAX_SCAN_CHARS characters, where answers come.
 Test: python -m pytest -q tests/test_answers.py
 """
 
+import os
 import re
 import threading
 from fractions import Fraction
@@ -219,6 +220,7 @@ def _symbolic_or_false(pair):
 
 
 _pool = None
+SCORE_WORKERS = min(8, (os.cpu_count() or 1) - 1)  # is_correct_many's worker processes in evaluations and RL
 
 
 def is_correct_many(completions, reference_answers, workers=0):
