@@ -498,19 +498,24 @@ def trace_row(label, window, records):
             f"| {sum(t['length'] for t, _ in pairs) / n:.1f} |")
 
 
-def trace_table(run_dir, eval_dir, task="trace"):
-    """One row per checkpoint evaluated on the trace task in <run>/<eval_dir>/ (greedy eval/, sampled
-    eval-sampled/)."""
+def evaluated_records(run_dir, eval_dir, task):
+    """(evaluation row, path of its per-problem records) for every checkpoint in <run>/<eval_dir>/summary.json
+    whose records of `task` are there, in the report's order."""
     path = os.path.join(run_dir, eval_dir, "summary.json")
-    if not os.path.exists(path):
-        return []
-    rows, _ = evaluations(read_summary(path), run_dir)
-    lines = []
+    rows = evaluations(read_summary(path), run_dir)[0] if os.path.exists(path) else []
     for r in rows:
         records_path = os.path.join(run_dir, eval_dir, r["label"], f"{task}.jsonl")
         if os.path.exists(records_path):
-            row = trace_row(r["label"], r["window"], label_records(records_path))
-            lines += [row] if row else []
+            yield r, records_path
+
+
+def trace_table(run_dir, eval_dir, task="trace"):
+    """One row per checkpoint evaluated on the trace task in <run>/<eval_dir>/ (greedy eval/, sampled
+    eval-sampled/)."""
+    lines = []
+    for r, records_path in evaluated_records(run_dir, eval_dir, task):
+        row = trace_row(r["label"], r["window"], label_records(records_path))
+        lines += [row] if row else []
     return [TRACE_COLUMNS, "|---" * 13 + "|", *lines] if lines else []
 
 
@@ -521,19 +526,12 @@ def copy_fidelity_table(run_dir, eval_dir="eval", task="trace"):
     """Per checkpoint, the share of copies in its own completions that hold the register's value, by the distance to
     the value's nearest earlier write or faithful copy (data.trace.trace_stats on the re-tokenized records); []
     without base/'s tokenizer or trace records."""
-    path = os.path.join(run_dir, eval_dir, "summary.json")
     try:
         tok = Tokenizer.load(os.path.join(run_dir, "base"))
     except OSError:
         return []
-    if not os.path.exists(path):
-        return []
-    rows, _ = evaluations(read_summary(path), run_dir)
     counts = {}
-    for r in rows:
-        records_path = os.path.join(run_dir, eval_dir, r["label"], f"{task}.jsonl")
-        if not os.path.exists(records_path):
-            continue
+    for r, records_path in evaluated_records(run_dir, eval_dir, task):
         copies, faithful = collections.Counter(), collections.Counter()
         for record in label_records(records_path, "prompt", "completions"):
             prompt = tok.encode_special(record["prompt"])
@@ -609,15 +607,8 @@ def wrong_answers_table(run_dir, eval_dir="eval", task="trace"):
     """Per checkpoint, where its wrong completions fail (data.trace.what_went_wrong): the Sum line adds wrong values
     (lost or miscomputed on the way), adds the right ones wrong, or is missing; [] without trace records whose
     prompts state their program."""
-    path = os.path.join(run_dir, eval_dir, "summary.json")
-    if not os.path.exists(path):
-        return []
-    rows, _ = evaluations(read_summary(path), run_dir)
     lines = []
-    for r in rows:
-        records_path = os.path.join(run_dir, eval_dir, r["label"], f"{task}.jsonl")
-        if not os.path.exists(records_path):
-            continue
+    for r, records_path in evaluated_records(run_dir, eval_dir, task):
         kinds = collections.Counter()
         for record in label_records(records_path, "prompt", "completions"):
             for completion, correct in zip(record["completions"], record["correct"]):
