@@ -10,7 +10,7 @@
 #
 # Everything goes under runs/<preset>/ (or $RUNS/<preset>/): base/ (the starting model), one directory per
 # training arm, eval/ (evaluate.py's greedy records and summary.json), eval-sampled/ (sampled at temperature 1),
-# and REPORT.md with its plots. Arms are named <attention>-<stage>[-<variant>][-seed<N>]: sa-sft, swa64-rl,
+# eval-passk/ (the trace preset: pass@k up to 64, PASSK_ARGS), and REPORT.md with its plots. Arms are named <attention>-<stage>[-<variant>][-seed<N>]: sa-sft, swa64-rl,
 # swa64-sft-oracle (SFT on window-style traces only), swa64-sft-mix0 (on full-style traces only), swa64-rl-random
 # (RL on a random reward), swa64-sft-more and sa-sft-more (more SFT, as much compute as RL: CONTROLS "more" and
 # "sa-more"), swa64-rl-seed1 (seed 1; seed 0 has no suffix).
@@ -64,6 +64,8 @@ case "$preset" in
                   --batch-size 64 --lr 5e-6 --warmup-steps 2 --eval-every 0 --save-every 5 --overlong-cache 0}"
     : "${EVAL_ARGS=--max-new-tokens 512 --batch-size 1024}"
     : "${SAMPLED_ARGS=--samples 4 --temperature 1 --limit 250}"
+    # pass@k up to 64 of each seed's SFT and RL arms (eval-passk/), after everything else; empty: none
+    : "${PASSK_ARGS=--samples 64 --temperature 1 --limit 100}"
     # "more SFT": as many trained tokens as an RL arm (20 steps of 512 completions of prompt + ~400 tokens)
     : "${MORE_SFT_ARGS=--steps 150 --lr 3e-5 --warmup-steps 5 --seq-len 4096 --batch-size 8 --save-every 0}"
     : "${CONTROLS=oracle mix0 control-window}" "${SEEDS=0}" "${RL_ARMS=swa sa}"
@@ -227,6 +229,17 @@ trace_experiment() {
     sft "swa$WINDOW-sft-more$s" "$WINDOW" trace "$seed" "$R/swa$WINDOW-sft$s" "$MORE_SFT_ARGS";; esac
   # the same extra SFT for full attention: the gap between the two "more SFT" arms is the gap at matched compute
   case " $CONTROLS " in *" sa-more "*) sft "sa-sft-more$s" none trace "$seed" "$R/sa-sft$s" "$MORE_SFT_ARGS";; esac
+  if [ -n "${PASSK_ARGS:-}" ]; then
+    for seed in $SEEDS; do
+      s=$([ "$seed" = 0 ] || echo "-seed$seed")
+      for arm in sa "swa$WINDOW"; do
+        stage "eval-passk-$arm-sft$s" $ev --out-dir "$R/eval-passk" --ckpt "$R/$arm-sft$s" $PASSK_ARGS
+        case " $RL_ARMS " in *" ${arm%%[0-9]*} "*)
+          stage "eval-passk-$arm-rl$s" $ev --out-dir "$R/eval-passk" --ckpt "$R/$arm-rl$s" $PASSK_ARGS;; esac
+      done
+    done
+    seed=${SEEDS%% *}; s=$([ "$seed" = 0 ] || echo "-seed$seed")
+  fi
   if [ -n "$RECALL" ]; then
     local mix0=$R/swa$WINDOW-sft-mix0$s
     stage "recall$s" python analysis/recall.py --data "$D/trace-sweep/test.jsonl" --out "$R/recall.json" \

@@ -603,6 +603,25 @@ def trace_examples(run_dir, limit=2):
     return out
 
 
+def pass_at_k_table(run_dir, eval_dir="eval-passk", task="trace"):
+    """Per checkpoint sampled many times (evaluate.py --samples n), pass@k for k = 1, 2, 4, ..., n and maj@n from
+    <run>/<eval_dir>/summary.json; [] without it."""
+    path = os.path.join(run_dir, eval_dir, "summary.json")
+    rows = evaluations(read_summary(path), run_dir)[0] if os.path.exists(path) else []
+    metrics = [(r, r["entry"].get("tasks", {}).get(task) or {}) for r in rows]
+    ks = sorted({int(k[5:]) for _, m in metrics for k in m if k.startswith("pass@")})
+    majority = sorted({k for _, m in metrics for k in m if k.startswith("maj@")})
+    if not ks:
+        return []
+    columns = [f"pass@{k}" for k in ks] + majority
+    lines = ["| checkpoint | window | problems | " + " | ".join(columns) + " |", "|---" * (3 + len(columns)) + "|"]
+    for r, m in metrics:
+        cells = [fmt(None if m.get(c) is None else 100 * m[c], ".1f") for c in columns]
+        lines.append(f"| {r['label']} | {window_text(r['window'])} | {m.get('n_problems', '-')} | " +
+                     " | ".join(cells) + " |")
+    return lines
+
+
 def wrong_answers_table(run_dir, eval_dir="eval", task="trace"):
     """Per checkpoint, where its wrong completions fail (data.trace.what_went_wrong): the Sum line adds wrong values
     (lost or miscomputed on the way), adds the right ones wrong, or is missing; [] without trace records whose
@@ -639,6 +658,11 @@ def trace_section(run_dir, logs, draw_plots):
     if sampled:
         out += ["Sampled at temperature 1 (`eval-sampled/`): a mixed-style model's greedy decoding can hide the "
                 "style it writes less often.", "", *sampled, ""]
+    passk = pass_at_k_table(run_dir)
+    if passk:
+        out += ["Pass@k (`eval-passk/`): each problem sampled n times at temperature 1; pass@k is the unbiased "
+                "estimate that at least one of k samples is right, maj@n the majority answer's accuracy.", "",
+                *passk, ""]
     fidelity = copy_fidelity_table(run_dir)
     if fidelity:
         out += ["### Copies in the models' own completions", "", "Every copy of a register's value in each model's "

@@ -556,6 +556,23 @@ def test_matched_compute_table_by_hand(tmp_path):
     assert report.matched_compute_table(str(tmp_path / "nothing"), 64) == []
 
 
+def test_pass_at_k_table(tmp_path):
+    run = tmp_path / "run"
+    (run / "eval-passk").mkdir(parents=True)
+    for label, window in (("sa-sft", None), ("swa64-rl", 64)):
+        (run / label).mkdir()
+        (run / label / "config.json").write_text(json.dumps({"window": window}))
+    trace_metrics = {"sa-sft": {"pass@16": 0.9, "pass@1": 0.5, "pass@2": 0.75, "maj@16": 0.6},
+                     "swa64-rl": {"pass@1": 0.25, "pass@2": 0.0, "pass@16": 1.0, "maj@16": 0.25}}
+    (run / "eval-passk" / "summary.json").write_text(json.dumps(
+        {label: entry({"trace": {**task(m["pass@1"], n=100), **m}}) for label, m in trace_metrics.items()}))
+    assert report.pass_at_k_table(str(run)) == [
+        "| checkpoint | window | problems | pass@1 | pass@2 | pass@16 | maj@16 |", "|---|---|---|---|---|---|---|",
+        "| sa-sft | full | 100 | 50.0 | 75.0 | 90.0 | 60.0 |",
+        "| swa64-rl | 64 | 100 | 25.0 | 0.0 | 100.0 | 25.0 |"]  # k sorted as numbers; 0 is a value, not "-"
+    assert report.pass_at_k_table(str(tmp_path / "nothing")) == []
+
+
 def test_wrong_answers_table(tmp_path):
     # the program of the prompt: A=3 B=5 C=1, 2 steps mod 10 -> A=8, B=6, C=1, answer 15
     question = ("Registers A, B, C hold digits. Each step updates the next register in turn (A, B, C, A, ...): it "
