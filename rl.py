@@ -65,7 +65,7 @@ from common import (DATA_DIR, EVAL_TASK, METRICS_FILE, STATE_FILE, MetricsLog, a
                     build_prompt, check_window_args, close_distributed, evaluate_task, fail, init_distributed,
                     load_state, load_task, print0, read_records, run_main, save_run, weights_id)
 from data import trace
-from data.answers import SCORE_WORKERS, find_answer, is_correct, is_correct_many
+from data.answers import SCORE_WORKERS, find_answer, is_correct_many
 from model import generate_continuous, load_checkpoint, recover_checkpoint
 
 ALGOS = {  # as each paper defines it; overlong: DAPO's soft penalty over the last 20% of the length limit
@@ -369,11 +369,9 @@ def algorithm_settings(args):
 # ----------------------------------------------------------------------------------------------------------
 # The steps of one RL step: rollouts -> advantages -> old log-probs -> updates -> metrics
 
-def reward_of(text, finished, length, answer, args, coin, correct=None):
-    """(reward, correct) of one completion. `correct` is the task's verdict whatever reward is trained on, so a
-    control run still reports its true accuracy (is_correct(text, answer) unless the caller has it)."""
-    if correct is None:
-        correct = is_correct(text, answer)
+def reward_of(text, finished, length, correct, args, coin):
+    """(reward, correct) of one completion, given the task's verdict on it (data.answers.is_correct). `correct` is
+    returned whatever reward is trained on, so a control run still reports its true accuracy."""
     explicit = find_answer(text)[1] in EXPLICIT_ANSWERS
     if args.reward == "random":
         reward = float(coin.random() < 0.5)  # drawn only here, so the coin's sequence depends on the seed alone
@@ -410,8 +408,7 @@ def collect_rollouts(sampler, tokenizer, problems, prompts, draw, n_groups, args
             rewards, correct = [], []
             finished = ends[g * G:(g + 1) * G]
             for j, (t, done) in enumerate(zip(tokens[g * G:(g + 1) * G], finished)):
-                r, ok = reward_of(texts[g * G + j], done, len(t), problems[i]["answer"], args, coin,
-                                  verdicts[g * G + j])
+                r, ok = reward_of(texts[g * G + j], done, len(t), verdicts[g * G + j], args, coin)
                 rewards.append(r)
                 correct.append(ok)
                 if trace.is_trace_task(args.task):

@@ -19,6 +19,7 @@ from safetensors.torch import load_file
 
 import rl
 from common import UserError, build_prompt, weights_id, write_jsonl
+from data.answers import is_correct
 from model import Config, Transformer, save_checkpoint
 from tokenizer import toy_tokenizer
 
@@ -142,24 +143,28 @@ def test_algo_presets_and_overrides():
 def test_rewards_task_random_format():
     args = rl.parse_args(["--ckpt", "x", "--max-new-tokens", "10", "--overlong-cache", "0"])
     coin = __import__("random").Random(0)
-    assert rl.reward_of("so #### 7", True, 3, "7", args, coin) == (1.0, True)
-    assert rl.reward_of("so #### 8", True, 3, "7", args, coin) == (0.0, False)
+
+    def reward(text, finished, length, rng):  # every completion answers a problem whose answer is 7
+        return rl.reward_of(text, finished, length, is_correct(text, "7"), args, rng)
+
+    assert reward("so #### 7", True, 3, coin) == (1.0, True)
+    assert reward("so #### 8", True, 3, coin) == (0.0, False)
     args.reward = "format"
-    assert rl.reward_of("so #### 8", True, 3, "7", args, coin) == (1.0, False)  # explicit answer, wrong
-    assert rl.reward_of("I think 7", True, 3, "7", args, coin) == (0.0, True)  # right, but only the last number
+    assert reward("so #### 8", True, 3, coin) == (1.0, False)  # explicit answer, wrong
+    assert reward("I think 7", True, 3, coin) == (0.0, True)  # right, but only the last number
     args.reward = "random"
-    draws = [rl.reward_of("#### 7", True, 3, "7", args, coin) for _ in range(2000)]
+    draws = [reward("#### 7", True, 3, coin) for _ in range(2000)]
     assert all(ok for _, ok in draws)  # the verdict is still the task's
     assert {r for r, _ in draws} == {0.0, 1.0} and abs(sum(r for r, _ in draws) / 2000 - 0.5) < 0.05
     again = __import__("random").Random(0)
     args.reward = "task"
-    rl.reward_of("#### 7", True, 3, "7", args, again)  # the task reward draws no coin ...
+    reward("#### 7", True, 3, again)  # the task reward draws no coin ...
     args.reward = "random"
-    assert [rl.reward_of("#### 7", True, 3, "7", args, again)[0] for _ in range(5)] == \
+    assert [reward("#### 7", True, 3, again)[0] for _ in range(5)] == \
         [r for r, _ in draws[:5]]  # ... so the coin sequence depends on the seed alone
     args.reward, args.format_reward, args.overlong_cache = "task", 0.5, 4
-    assert rl.reward_of("#### 7", True, 3, "7", args, coin)[0] == pytest.approx(1.5)
-    assert rl.reward_of("#### 7", False, 10, "7", args, coin)[0] == pytest.approx(-1.0 + 1.0)  # unfinished: no bonus
+    assert reward("#### 7", True, 3, coin)[0] == pytest.approx(1.5)
+    assert reward("#### 7", False, 10, coin)[0] == pytest.approx(-1.0 + 1.0)  # unfinished: no bonus
 
 
 def test_make_batch_layout():
