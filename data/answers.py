@@ -205,17 +205,13 @@ def _quick_verdict(completion, reference_answer):
 
 def is_correct(completion, reference_answer):
     """True iff the completion's final answer equals the reference answer. Never raises."""
-    try:
-        verdict = _quick_verdict(completion, reference_answer)
-        return verdict if isinstance(verdict, bool) else _symbolic_equal(*verdict)
-    except Exception:  # noqa: BLE001 -- a reward function must never crash a training run
-        return False
+    return is_correct_many([completion], [reference_answer])[0]
 
 
 def _symbolic_or_false(pair):
     try:
         return _symbolic_equal(*pair)
-    except Exception:  # noqa: BLE001
+    except Exception:  # noqa: BLE001 -- a reward function must never crash a training run
         return False
 
 
