@@ -220,14 +220,20 @@ def paired_gain(run_dir, before, after, task):
     return (*paired_mean([int(new[i]) - int(old[i]) for i in old]), fixed, broken)
 
 
+def paired_gap_difference(run_dir, first, second, task):
+    """The gap first[0] - first[1] minus the gap second[0] - second[1] (four labels), paired over the problems all
+    four answered: (difference, standard error), or None without all four sets of records."""
+    shared = shared_verdicts(run_dir, (*first, *second), task)
+    if shared is None:
+        return None
+    a, b, c, d = shared
+    return paired_mean([int(a[i]) - int(b[i]) - int(c[i]) + int(d[i]) for i in a])
+
+
 def paired_gap_change(run_dir, window, task):
     """How much RL changed the SA - SWA gap (SA's RL gain minus the window's), paired over the problems all four
     models answered: (change, standard error), or None without all four sets of records."""
-    shared = shared_verdicts(run_dir, ("sa-sft", "sa-rl", f"swa{window}-sft", f"swa{window}-rl"), task)
-    if shared is None:
-        return None
-    sa_sft, sa_rl, swa_sft, swa_rl = shared
-    return paired_mean([int(sa_rl[i]) - int(sa_sft[i]) - int(swa_rl[i]) + int(swa_sft[i]) for i in sa_sft])
+    return paired_gap_difference(run_dir, ("sa-rl", f"swa{window}-rl"), ("sa-sft", f"swa{window}-sft"), task)
 
 
 def gap_table(summary, windows, tasks, run_dir):
@@ -866,15 +872,9 @@ def matched_compute_table(run_dir, window, task="trace"):
         if cells[1] is None:
             continue
         gaps.append(cells[1][0])
-        shared = shared_verdicts(run_dir, tuple(f"{arm}-{stage}{s}" for stage in ("sft-more", "rl")
-                                                for arm in ("sa", f"swa{window}")), task)
-        if shared is not None:
-            sa_more, swa_more, sa_rl, swa_rl = shared
-            cells.append(paired_mean([int(sa_more[i]) - int(swa_more[i]) - int(sa_rl[i]) + int(swa_rl[i])
-                                      for i in sa_more]))
-            differences.append(cells[-1][0])
-        else:
-            cells.append(None)
+        cells.append(paired_gap_difference(run_dir, (f"sa-sft-more{s}", f"swa{window}-sft-more{s}"),
+                                           (f"sa-rl{s}", f"swa{window}-rl{s}"), task))
+        differences += [cells[-1][0]] if cells[-1] else []
         rows.append(f"| {seed} | " + " | ".join(points(g) for g in cells) + " |")
     if not rows:
         return []
