@@ -251,9 +251,9 @@ trace_experiment() {
 }
 
 # gsm8k_experiment: GSM8K from $R/base (the `gsm8k` preset). Per seed: SA and SWA SFT at each window, each
-# evaluated greedily on the test sets of EVAL_TASKS (accuracy, parse rate, truncation); then, per RL arm, its SFT model
-# sampled on training problems (eval-train/) and RL on those it solved sometimes. Then the controls and the SA
-# model run under each window.
+# evaluated greedily on the test sets of EVAL_TASKS (accuracy, parse rate, truncation), and the SA model run under
+# each window; then, per RL arm, its SFT model sampled on training problems (eval-train/) and RL on those it solved
+# sometimes. Then the controls.
 gsm8k_experiment() {
   local D=data seed s w arm a
   local ev="python evaluate.py --data-dir $D --device $DEVICE --out-dir $R/eval $EVAL_ARGS"
@@ -279,6 +279,9 @@ gsm8k_experiment() {
     s=$([ "$seed" = 0 ] || echo "-seed$seed")
     sft_arm "sa-sft$s" none gsm8k "$seed"
     for w in $WINDOWS; do sft_arm "swa$w-sft$s" "$w" gsm8k "$seed"; done
+    for w in $WINDOWS; do  # the SA model under each window (its cost without training under it): cheap, so before RL
+      stage "eval-sa-sft$s-$w" $ev --tasks "$EVAL_TASKS" --ckpt "$R/sa-sft$s" --window "$w" --sinks "$SINKS"
+    done
     for arm in $RL_ARMS; do
       for a in $([ "$arm" = sa ] && echo sa || for w in $WINDOWS; do echo "swa$w"; done); do
         rl_arm "$a-rl$s" "$a-sft$s" "$seed"
@@ -290,9 +293,6 @@ gsm8k_experiment() {
   case " $CONTROLS " in *" layout "*)
     sft_arm "swa64-sft$s" 64 gsm8k "$seed"
     sft_arm "swa64-sft-after$s" 64 gsm8k-instruction-after "$seed";; esac
-  for w in $WINDOWS; do
-    stage "eval-sa-sft$s-$w" $ev --tasks "$EVAL_TASKS" --ckpt "$R/sa-sft$s" --window "$w" --sinks "$SINKS"
-  done
   python analysis/report.py "$R"
 }
 

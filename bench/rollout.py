@@ -10,7 +10,8 @@ Rollout (generation) speed of model.py's decoding, section by section, every rat
               measured here (bytes read + written per second). --profile prints each variant's kernels.
   exact       Greedy completions of each step variant, graphed, against the original path run eagerly: random weights
               (64 rows, past the ring's first wrap), and with --exact-ckpt a trained model on real problems (stop
-              tokens on), whose logits are far from the near-ties of random weights.
+              tokens on), whose logits are far from the near-ties of random weights. Also against the original path
+              run eagerly in float32, the computation every bf16 variant rounds.
   sampling    One sampling call on batch x vocabulary float32 logits: the original sample_next and model.sample_next.
   fair        Sliding window against full attention for 1k-16k-token completions at SmolLM2-135M's shape: the window
               (ring cache), full attention over every slot of a cache sized for the completion (static, as before),
@@ -44,6 +45,7 @@ depend on them).
     python bench/rollout.py --smoke                  # tiny sizes on the CPU: checks the script end to end
 """
 import argparse
+import copy
 import gc
 import glob
 import json
@@ -272,23 +274,40 @@ def original_step_ms(model, dec, fill):
     return timed(step, args.steps) * 1e3
 
 
+def agreement(tokens, logprobs, ref_tokens, ref_logprobs):
+    """(rows identical to the reference, share of its tokens matched before each row's first difference, the largest
+    log-prob gap over those tokens)."""
+    same = sum(a == b for a, b in zip(tokens, ref_tokens))
+    agree = [next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+             for a, b in zip(tokens, ref_tokens)]  # per row, the tokens before the first difference
+    gap = max((abs(x - y) for a, b, n in zip(logprobs, ref_logprobs, agree) for x, y in zip(a[:n], b[:n])),
+              default=0.0)
+    return same, sum(agree) / sum(len(t) for t in ref_tokens), gap
+
+
 def exactness(model, prompts, length, stop_tokens=()):
-    """A table row per step variant: its greedy completions, graphed, against the original path run eagerly."""
+    """A table row per step variant: its greedy completions, graphed, against the original path run eagerly, and
+    against that path run in float32 (on a bf16 model: how far each variant's rounding takes it from the
+    computation they all approximate)."""
     with_attention("per_layer")
-    ref_tokens, ref_logprobs = generate(model, prompts, length, stop_tokens=stop_tokens, cuda_graph=False)
-    print("| path | rows with identical tokens | tokens identical before the first difference | max log-prob gap |")
-    print("|---|---|---|---|")
+    reference = generate(model, prompts, length, stop_tokens=stop_tokens, cuda_graph=False)
+    model32 = copy.deepcopy(model).float() if dtype != torch.float32 else model
+    reference32 = generate(model32, prompts, length, stop_tokens=stop_tokens, cuda_graph=False)
+    del model32
+    print("| path | rows with identical tokens | tokens identical before the first difference | max log-prob gap "
+          "| float32: identical rows | float32: tokens before the first difference |")
+    print("|---|---|---|---|---|---|")
+    same32, share32, _ = agreement(*reference, *reference32)
+    print(f"| per_layer, eager | {len(prompts)} of {len(prompts)} | 100.0% | 0 | {same32} of {len(prompts)} "
+          f"| {share32:.1%} |")
     for impl, compiled in variants:
         with_attention(impl, compiled)
         tokens, logprobs = generate(model, prompts, length, stop_tokens=stop_tokens)
-        same = sum(a == b for a, b in zip(tokens, ref_tokens))
-        agree = [next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
-                 for a, b in zip(tokens, ref_tokens)]  # per row, the tokens before the first difference
-        gap = max((abs(x - y) for a, b, n in zip(logprobs, ref_logprobs, agree) for x, y in zip(a[:n], b[:n])),
-                  default=0.0)
+        same, share, gap = agreement(tokens, logprobs, *reference)
+        same32, share32, _ = agreement(tokens, logprobs, *reference32)
         label = f"{'compiled ' if compiled else ''}{impl}"
-        print(f"| {label} | {same} of {len(prompts)} | {sum(agree) / sum(len(t) for t in ref_tokens):.1%} "
-              f"| {gap:.2e} |")
+        print(f"| {label} | {same} of {len(prompts)} | {share:.1%} | {gap:.2e} | {same32} of {len(prompts)} "
+              f"| {share32:.1%} |")
 
 
 def section(title, estimate_s):
