@@ -779,7 +779,8 @@ def generate_continuous(model, prompts, max_new_tokens, slots, temperature=0.0, 
     """
     if not prompts or max_new_tokens <= 0:
         return [[] for _ in prompts], [[] for _ in prompts]
-    slots = max(1, min(slots, len(prompts)))
+    # fewer prompts than slots: fewer rows, unless the step is compiled (every row count would be compiled anew)
+    slots = max(1, slots if DECODE_COMPILE else min(slots, len(prompts)))
     min_refill = max(1, slots // 8) if min_refill is None else min_refill
     device = model.embed_tokens.weight.device
     decoder = Decoder(model, decoder_rows(slots), cache_length(prompts, max_new_tokens), max_new_tokens, temperature,

@@ -66,6 +66,7 @@ from common import (DATA_DIR, EVAL_TASK, METRICS_FILE, STATE_FILE, MetricsLog, a
                     load_state, load_task, print0, read_records, run_main, save_run, weights_id)
 from data import trace
 from data.answers import SCORE_WORKERS, find_answer, is_correct_many
+import model as model_module
 from model import generate_continuous, load_checkpoint, recover_checkpoint
 
 ALGOS = {  # as each paper defines it; overlong: DAPO's soft penalty over the last 20% of the length limit
@@ -304,8 +305,9 @@ def parse_args(argv):
     g.add_argument("--save-every", type=int, default=50, help="checkpoint every N steps (and at the end)")
     g.add_argument("--seed", type=int, default=0, help="problem order, sampling and random-reward seed")
     g.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
-    g.add_argument("--compile", action="store_true", help="torch.compile each transformer block (training "
-                   "forwards; generation stays eager)")
+    g.add_argument("--compile", action="store_true", help="torch.compile each transformer block's training passes "
+                   "and the decoding step (as SWARR_DECODE_COMPILE=1 does), for speed: its greedy tokens are as close "
+                   "to float32's as the eager step's but not identical to them (bench/README.md)")
     g.add_argument("--grad-checkpoint", action="store_true", help="recompute activations in backward (less memory)")
     g.add_argument("--no-progress", action="store_true", help="no tqdm bar")
     args = parser.parse_args(argv)
@@ -648,6 +650,7 @@ def main(argv=None):
     model.gradient_checkpointing = args.grad_checkpoint
     if args.compile:
         model.compile_blocks()
+        model_module.DECODE_COMPILE = True  # read by every Decoder this process makes
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay, betas=(0.9, 0.999),
                             fused=cuda)

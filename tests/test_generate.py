@@ -159,7 +159,8 @@ def test_compiled_decoding_step_matches_the_original_loop(monkeypatch, impl, con
 
 def test_compiled_decoding_step_compiles_once_per_row_count(monkeypatch):
     """The compiled step is compiled once for each row count and then reused by every call with that count, whatever
-    else differs: how many prompts (rounded up to the same rows), which prompts and how long, a new decoder and cache,
+    else differs: how many prompts (rounded up to the same rows; continuous batching keeps all its slots, however
+    few prompts are left for them), which prompts and how long, a new decoder and cache,
     a cache's first step and the steps after it; sampling with a generator does not split it into several graphs.
     Dynamo's guards decide what is compiled again whatever the backend: the eager backend leaves out inductor's code
     generation, seconds per graph."""
@@ -172,6 +173,7 @@ def test_compiled_decoding_step_compiles_once_per_row_count(monkeypatch):
     counters.clear()
     generate_continuous(model, PROMPTS, 14, slots=8, **sampling)  # 6 prompts on 8 rows
     generate_continuous(model, [p + [60, 61, 62] for p in PROMPTS[1:]], 14, slots=8, min_refill=1, **sampling)
+    generate_continuous(model, PROMPTS[:2], 14, slots=8, **sampling)  # 2 prompts: still 8 rows (RL's later rounds)
     generate(model, PROMPTS[::-1] + [[70]], 14, **sampling)  # 7 prompts
     assert counters["stats"]["unique_graphs"] == 1
     generate(model, PROMPTS[:3], 14, **sampling)  # 4 rows: a shape of its own

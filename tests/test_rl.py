@@ -17,6 +17,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+import model as model_module
 import rl
 from common import UserError, build_prompt, weights_id, write_jsonl
 from data.answers import is_correct
@@ -197,6 +198,22 @@ def test_compiled_blocks_compile_once_for_micro_batches_of_any_shape(monkeypatch
         torch.testing.assert_close(got, want)
         rl.token_logprobs(model, *batch, 0.7, pad_to=pad_to)[0].sum().backward()
     assert counters["stats"]["unique_graphs"] == 2
+
+
+def test_compile_flag_compiles_decoding_once(toy, monkeypatch):
+    """rl.py --compile compiles the decoding step as well as the training passes: over steps whose generation
+    rounds carry ever fewer problems, the step is compiled once (continuous batching keeps all --gen-batch rows),
+    the blocks once without gradients and once with them."""
+    torch._dynamo.reset()
+    monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="eager"))
+    monkeypatch.setattr(model_module, "DECODE_COMPILE", False)
+    counters = torch._dynamo.utils.counters
+    counters.clear()
+    log = run(toy, "compiled", "--task", "toy", "--steps", "3", "--seed", "0", "--compile", "--algo", "dapo",
+              "--gen-batch", "64", "--max-gen-rounds", "3", "--overlong-cache", "0")
+    assert model_module.DECODE_COMPILE
+    assert sum(m["gen_rounds"] for m in log) > len(log)  # later rounds with fewer problems ran
+    assert counters["stats"]["unique_graphs"] == 3
 
 
 # ---- whole runs on a toy task -------------------------------------------------------------------------
