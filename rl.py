@@ -31,6 +31,7 @@ Each step the policy writes G solutions to each of a few training problems, unde
 
     python rl.py --ckpt ckpt/sft-swa512 --task gsm8k                      # writes ckpt/rl-gsm8k (DAPO)
     python rl.py --ckpt ckpt/sft-swa512 --task gsm8k --resume             # continue an interrupted run
+    python rl.py --ckpt ckpt/sft-swa512 --task gsm8k --compile            # decoding and training compiled (GPU)
     python rl.py --ckpt ckpt/sft-swa512 --task gsm8k --algo grpo --out ckpt/rl-grpo
     python rl.py --ckpt ckpt/sft-swa64 --task trace --reward random --out ckpt/rl-random   # the control
     python evaluate.py --ckpt ckpt/sft-swa512 --tasks gsm8k --split train --limit 1024 --samples 16 \
