@@ -83,8 +83,9 @@ case "$preset" in
     : "${SFT_ARGS=--epochs 2 --lr 1e-4 --warmup-steps 10 --seq-len 2048 --batch-size 16 --save-every 50}"
     : "${SOLVABLE=yes}"  # empty: RL draws from every training problem (dynamic sampling still drops dull groups)
     : "${SELECT_ARGS=--limit 1024 --samples 16 --temperature 1 --max-new-tokens 384 --batch-size 1024}"
+    # --compile: decoding and training compiled, for speed (bench/README.md: the RL step, compiled)
     : "${RL_ARGS=--steps 60 --prompts-per-step 32 --group-size 16 --max-new-tokens 384 --gen-batch 512
-                  --batch-size 32 --lr 5e-6 --warmup-steps 3 --eval-every 0 --save-every 10}"
+                  --batch-size 32 --lr 5e-6 --warmup-steps 3 --eval-every 0 --save-every 10 --compile}"
     : "${EVAL_ARGS=--max-new-tokens 384 --batch-size 1024}"
     ;;
   smollm2-gsm8k)
