@@ -490,6 +490,14 @@ def score(records, samples):
 
 
 @torch.inference_mode()
+def completion_texts(tokenizer, tokens):
+    """(finished, texts) of generated completions (token lists): whether each ended on a stop token, and its text
+    without that token."""
+    stops = set(tokenizer.stop_tokens)
+    finished = [bool(t) and t[-1] in stops for t in tokens]
+    return finished, [tokenizer.decode(t[:-1] if f else t) for t, f in zip(tokens, finished)]
+
+
 def evaluate_task(model, tokenizer, problems, max_new_tokens=512, batch_size=16, samples=1, temperature=0.0,
                   shots=(), out_path=None, seed=0, progress=True, desc="eval", trajectory=None, ckpt=None,
                   weights=None):
@@ -516,7 +524,6 @@ def evaluate_task(model, tokenizer, problems, max_new_tokens=512, batch_size=16,
     model.eval()
     device = model.embed_tokens.weight.device
     generator = torch.Generator(device).manual_seed(seed) if temperature > 0 else None
-    stops = set(tokenizer.stop_tokens)
     per_batch = max(1, batch_size // samples)  # a batch holds whole problems, each repeated `samples` times
     generated, gen_seconds = 0, 0.0
     out = open(out_path, "a", encoding="utf-8") if out_path is not None else None
@@ -533,8 +540,7 @@ def evaluate_task(model, tokenizer, problems, max_new_tokens=512, batch_size=16,
             gen_seconds += time.time() - t0
             generated += sum(len(t) for t in tokens)
             lines = []
-            ends = [bool(t) and t[-1] in stops for t in tokens]
-            texts = [tokenizer.decode(t[:-1] if f else t) for t, f in zip(tokens, ends)]
+            ends, texts = completion_texts(tokenizer, tokens)
             verdicts = is_correct_many(texts, [p["answer"] for p in batch for _ in range(samples)], SCORE_WORKERS)
             for i, p in enumerate(batch):
                 outs, finished = tokens[i * samples:(i + 1) * samples], ends[i * samples:(i + 1) * samples]

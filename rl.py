@@ -63,8 +63,8 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from common import (DATA_DIR, EVAL_TASK, METRICS_FILE, STATE_FILE, MetricsLog, add_window_args, apply_window,
-                    build_prompt, check_window_args, close_distributed, evaluate_task, fail, init_distributed,
-                    load_state, load_task, print0, read_records, run_main, save_run, weights_id)
+                    build_prompt, check_window_args, close_distributed, completion_texts, evaluate_task, fail,
+                    init_distributed, load_state, load_task, print0, read_records, run_main, save_run, weights_id)
 from data import trace
 from data.answers import SCORE_WORKERS, find_answer, is_correct_many
 import model as model_module
@@ -390,7 +390,7 @@ def collect_rollouts(sampler, tokenizer, problems, prompts, draw, n_groups, args
     rewards are all equal are dropped and replaced by new problems, up to --max-gen-rounds rounds. Returns the
     kept groups; adds what every completion looked like (kept or not) to the metric sums m, on the trace task
     also how it used the window (count_trajectory)."""
-    G, stops, groups = args.group_size, set(tokenizer.stop_tokens), []
+    G, groups = args.group_size, []
     for _ in range(args.max_gen_rounds):
         m["gen_rounds"] += 1
         chosen = draw(n_groups - len(groups))
@@ -403,8 +403,7 @@ def collect_rollouts(sampler, tokenizer, problems, prompts, draw, n_groups, args
                                                    stop_tokens=tokenizer.stop_tokens, generator=sample_gen)
         m["gen_s"] += time.time() - t0  # the results are lists, so the device is done
         t0 = time.time()
-        ends = [bool(t) and t[-1] in stops for t in tokens]
-        texts = [tokenizer.decode(t[:-1] if done else t) for t, done in zip(tokens, ends)]
+        ends, texts = completion_texts(tokenizer, tokens)
         verdicts = is_correct_many(texts, [problems[i]["answer"] for i in chosen for _ in range(G)],
                                    args.score_workers)
         for g, i in enumerate(chosen):
