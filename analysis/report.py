@@ -504,12 +504,16 @@ def trace_row(label, window, records):
             f"| {sum(t['length'] for t, _ in pairs) / n:.1f} |")
 
 
+def evaluated_rows(run_dir, eval_dir):
+    """The evaluation rows of <run>/<eval_dir>/summary.json in the report's order; [] without it."""
+    path = os.path.join(run_dir, eval_dir, "summary.json")
+    return evaluations(read_summary(path), run_dir)[0] if os.path.exists(path) else []
+
+
 def evaluated_records(run_dir, eval_dir, task):
     """(evaluation row, path of its per-problem records) for every checkpoint in <run>/<eval_dir>/summary.json
     whose records of `task` are there, in the report's order."""
-    path = os.path.join(run_dir, eval_dir, "summary.json")
-    rows = evaluations(read_summary(path), run_dir)[0] if os.path.exists(path) else []
-    for r in rows:
+    for r in evaluated_rows(run_dir, eval_dir):
         records_path = os.path.join(run_dir, eval_dir, r["label"], f"{task}.jsonl")
         if os.path.exists(records_path):
             yield r, records_path
@@ -612,9 +616,7 @@ def trace_examples(run_dir, limit=2):
 def pass_at_k_table(run_dir, eval_dir="eval-passk", task="trace"):
     """Per checkpoint sampled many times (evaluate.py --samples n), pass@k for k = 1, 2, 4, ..., n and maj@n from
     <run>/<eval_dir>/summary.json; [] without it."""
-    path = os.path.join(run_dir, eval_dir, "summary.json")
-    rows = evaluations(read_summary(path), run_dir)[0] if os.path.exists(path) else []
-    metrics = [(r, r["entry"].get("tasks", {}).get(task) or {}) for r in rows]
+    metrics = [(r, r["entry"].get("tasks", {}).get(task) or {}) for r in evaluated_rows(run_dir, eval_dir)]
     ks = sorted({int(k[5:]) for _, m in metrics for k in m if k.startswith("pass@")})
     majority = sorted({k for _, m in metrics for k in m if k.startswith("maj@")})
     if not ks:
