@@ -783,13 +783,14 @@ def generate_continuous(model, prompts, max_new_tokens, slots, temperature=0.0, 
     slots = max(1, slots if DECODE_COMPILE else min(slots, len(prompts)))
     min_refill = max(1, slots // 8) if min_refill is None else min_refill
     device = model.embed_tokens.weight.device
-    decoder = Decoder(model, decoder_rows(slots), cache_length(prompts, max_new_tokens), max_new_tokens, temperature,
-                      top_k, top_p, stop_tokens, generator, cuda_graph)
+    n_rows = decoder_rows(slots)  # with a compiled step, more than slots: the rows past them idle as padding
+    decoder = Decoder(model, n_rows, cache_length(prompts, max_new_tokens), max_new_tokens, temperature, top_k, top_p,
+                      stop_tokens, generator, cuda_graph)
     tokens = torch.zeros(len(prompts), max_new_tokens + 1, dtype=torch.long, device=device)
     logprobs = torch.zeros(len(prompts), max_new_tokens + 1, dtype=torch.float32, device=device)
     counts = torch.zeros(len(prompts), dtype=torch.long, device=device)
     waiting = list(range(len(prompts)))[::-1]  # popped from the end: input order
-    prompt_of, first_step = [None] * decoder_rows(slots), [0] * slots  # what each row runs, and from which step on
+    prompt_of, first_step = [None] * n_rows, [0] * n_rows  # what each row runs, and from which step on
     free = list(range(slots))
     while True:
         if waiting and free and (len(free) >= min(min_refill, len(waiting)) or len(free) == slots):
