@@ -10,10 +10,11 @@
 #
 # Everything goes under runs/<preset>/ (or $RUNS/<preset>/): base/ (the starting model), one directory per
 # training arm, eval/ (evaluate.py's greedy records and summary.json), eval-sampled/ (sampled at temperature 1),
-# eval-passk/ (the trace preset: pass@k up to 64, PASSK_ARGS), and REPORT.md with its plots. Arms are named <attention>-<stage>[-<variant>][-seed<N>]: sa-sft, swa64-rl,
-# swa64-sft-oracle (SFT on window-style traces only), swa64-sft-mix0 (on full-style traces only), swa64-rl-random
-# (RL on a random reward), swa64-sft-more and sa-sft-more (more SFT, as much compute as RL: CONTROLS "more" and
-# "sa-more"), swa64-rl-seed1 (seed 1; seed 0 has no suffix).
+# eval-passk/ (the trace preset: pass@k up to 64, PASSK_ARGS), and REPORT.md with its plots. Arms are named
+# <attention>-<stage>[-<variant>][-seed<N>]: sa-sft, swa64-rl, swa64-sft-oracle (SFT on window-style traces only),
+# swa64-sft-mix0 (on full-style traces only), swa64-rl-random (RL on a random reward), swa64-sft-more and
+# sa-sft-more (more SFT, as much compute as RL: CONTROLS "more" and "sa-more"), swa64-rl-seed1 (seed 1; seed 0 has
+# no suffix).
 # Stopped runs continue: a stage that finished is skipped (runs/<preset>/done/), an interrupted training
 # stage resumes from its last checkpoint, and evaluation skips the problems it already scored.
 # `rm -rf runs/<preset>` starts over, and the same command can run in pieces, e.g. `timeout 600 bash run.sh

@@ -60,8 +60,8 @@ import torch.nn.functional as F
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import model as model_module  # noqa: E402
 from common import build_prompt  # noqa: E402
-from model import (Config, Decoder, Transformer, cuda_graphed, generate, generate_continuous, load_checkpoint,  # noqa: E402
-                   sample_next)
+from model import (Config, Decoder, Transformer, cuda_graphed, generate, generate_continuous,  # noqa: E402
+                   load_checkpoint, sample_next)
 
 SECTIONS = ("step", "exact", "sampling", "fair", "qwen", "continuous")
 # the step section's variants: (model.DECODE_ATTENTION, model.DECODE_COMPILE)
