@@ -654,6 +654,15 @@ class Decoder:
         # just launched, and the device runs that step meanwhile (one step more than needed, at the end).
         self.steps, self.snapshots, self.lag = 0, [], 1 if device.type == "cuda" else 0
 
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        # The step refers back to the decoder, a cycle that Python's garbage collector frees only at its next pass,
+        # which GPU memory does not prompt (a full-attention cache of 1024 rows is gigabytes): broken here, the cache
+        # and the CUDA graph's memory go as soon as the caller lets go of the decoder.
+        self._run = None
+
     @torch.no_grad()
     def _step(self):
         logits = self.model(self.feed, doc_ids=self.feed_doc, cache=self.cache, last_only=True)[:, -1]
@@ -754,15 +763,15 @@ def generate(model, prompts, max_new_tokens, temperature=0.0, top_k=None, top_p=
     if not prompts or max_new_tokens <= 0:
         return [[] for _ in prompts], [[] for _ in prompts]
     rows = range(len(prompts))
-    decoder = Decoder(model, decoder_rows(len(prompts)), cache_length(prompts, max_new_tokens), max_new_tokens,
-                      temperature, top_k, top_p, stop_tokens, generator, cuda_graph)
-    decoder.load(list(rows), prompts)
-    for _ in range(max_new_tokens):
-        decoder.step()
-        polled = decoder.poll()
-        if polled is not None and polled[1].all():
-            break
-    return decoder.results(rows)
+    with Decoder(model, decoder_rows(len(prompts)), cache_length(prompts, max_new_tokens), max_new_tokens,
+                 temperature, top_k, top_p, stop_tokens, generator, cuda_graph) as decoder:
+        decoder.load(list(rows), prompts)
+        for _ in range(max_new_tokens):
+            decoder.step()
+            polled = decoder.poll()
+            if polled is not None and polled[1].all():
+                break
+        return decoder.results(rows)
 
 
 @torch.no_grad()
@@ -784,40 +793,40 @@ def generate_continuous(model, prompts, max_new_tokens, slots, temperature=0.0, 
     min_refill = max(1, slots // 8) if min_refill is None else min_refill
     device = model.embed_tokens.weight.device
     n_rows = decoder_rows(slots)  # with a compiled step, more than slots: the rows past them idle as padding
-    decoder = Decoder(model, n_rows, cache_length(prompts, max_new_tokens), max_new_tokens, temperature, top_k, top_p,
-                      stop_tokens, generator, cuda_graph)
     tokens = torch.zeros(len(prompts), max_new_tokens + 1, dtype=torch.long, device=device)
     logprobs = torch.zeros(len(prompts), max_new_tokens + 1, dtype=torch.float32, device=device)
     counts = torch.zeros(len(prompts), dtype=torch.long, device=device)
     waiting = list(range(len(prompts)))[::-1]  # popped from the end: input order
     prompt_of, first_step = [None] * n_rows, [0] * n_rows  # what each row runs, and from which step on
     free = list(range(slots))
-    while True:
-        if waiting and free and (len(free) >= min(min_refill, len(waiting)) or len(free) == slots):
-            rows = free[:len(waiting)]
-            free = free[len(rows):]
-            ids = [waiting.pop() for _ in rows]
-            decoder.load(rows, [prompts[i] for i in ids])
-            for row, i in zip(rows, ids):
-                prompt_of[row], first_step[row] = i, decoder.steps + 1
-        if len(free) == slots:
-            break
-        decoder.step()
-        polled = decoder.poll()
-        if polled is None:
-            continue
-        step, done = polled
-        # A row's flag counts from the first step it ran its prompt in; before that it is the previous prompt's.
-        finished = [row for row in done.nonzero().flatten().tolist()
-                    if prompt_of[row] is not None and first_step[row] <= step]
-        if finished:
-            rows, ids = to_device(finished, device), to_device([prompt_of[row] for row in finished], device)
-            tokens.index_copy_(0, ids, decoder.tokens[rows])
-            logprobs.index_copy_(0, ids, decoder.logprobs[rows])
-            counts.index_copy_(0, ids, decoder.count[rows])
-            for row in finished:
-                prompt_of[row] = None
-            free += finished
+    with Decoder(model, n_rows, cache_length(prompts, max_new_tokens), max_new_tokens, temperature, top_k, top_p,
+                 stop_tokens, generator, cuda_graph) as decoder:
+        while True:
+            if waiting and free and (len(free) >= min(min_refill, len(waiting)) or len(free) == slots):
+                rows = free[:len(waiting)]
+                free = free[len(rows):]
+                ids = [waiting.pop() for _ in rows]
+                decoder.load(rows, [prompts[i] for i in ids])
+                for row, i in zip(rows, ids):
+                    prompt_of[row], first_step[row] = i, decoder.steps + 1
+            if len(free) == slots:
+                break
+            decoder.step()
+            polled = decoder.poll()
+            if polled is None:
+                continue
+            step, done = polled
+            # A row's flag counts from the first step it ran its prompt in; before that it is the previous prompt's.
+            finished = [row for row in done.nonzero().flatten().tolist()
+                        if prompt_of[row] is not None and first_step[row] <= step]
+            if finished:
+                rows, ids = to_device(finished, device), to_device([prompt_of[row] for row in finished], device)
+                tokens.index_copy_(0, ids, decoder.tokens[rows])
+                logprobs.index_copy_(0, ids, decoder.logprobs[rows])
+                counts.index_copy_(0, ids, decoder.count[rows])
+                for row in finished:
+                    prompt_of[row] = None
+                free += finished
     width = int(counts.max())
     counts, tokens, logprobs = counts.tolist(), tokens[:, :width].tolist(), logprobs[:, :width].tolist()
     return [t[:c] for t, c in zip(tokens, counts)], [lp[:c] for lp, c in zip(logprobs, counts)]
