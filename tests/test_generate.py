@@ -1,5 +1,6 @@
 """Generation: Gumbel-max sampling's distribution, the decoding variants and continuous batching against the original
-decoding loop, flex_attention's key-block counts, and the rollout benchmark's smoke run."""
+decoding loop, flex_attention's key-block counts, the decoder's cache freed on return, and the rollout benchmark's
+smoke run."""
 import functools
 import gc
 import os
