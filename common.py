@@ -489,7 +489,6 @@ def score(records, samples):
     return metrics
 
 
-@torch.inference_mode()
 def completion_texts(tokenizer, tokens):
     """(finished, texts) of generated completions (token lists): whether each ended on a stop token, and its text
     without that token."""
@@ -498,6 +497,7 @@ def completion_texts(tokenizer, tokens):
     return finished, [tokenizer.decode(t[:-1] if f else t) for t, f in zip(tokens, finished)]
 
 
+@torch.inference_mode()
 def evaluate_task(model, tokenizer, problems, max_new_tokens=512, batch_size=16, samples=1, temperature=0.0,
                   shots=(), out_path=None, seed=0, progress=True, desc="eval", trajectory=None, ckpt=None,
                   weights=None):
