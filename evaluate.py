@@ -23,6 +23,7 @@ this one retrained) are refused, never mixed in.
 Other stages call `evaluate_task(model, tokenizer, problems, ...)` for a quick accuracy check.
 """
 import argparse
+import fcntl
 import json
 import math
 import os
@@ -183,15 +184,20 @@ def main(argv=None):
                 seconds += m["generated_tokens"] / m["tokens_per_s"]
             print(f"{label} {name}: " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
                                                for k, v in m.items()))
-        entry = summary.setdefault(label, {"tasks": {}})
-        entry["tasks"].update(results)
-        entry.update({"ckpt": os.path.abspath(ckpt), "weights": weights, "stage": meta.get("stage"),
-                      "peak_memory_gb": peak_memory_gb(args.device),
-                      "tokens_per_s": generated / seconds if seconds else entry.get("tokens_per_s")})
         del model
-        # after every checkpoint, so that a later one that fails to load loses none of this one's results
-        write_text(summary_path, json.dumps(summary, indent=1) + "\n")
-        write_text(os.path.join(args.out_dir, "summary.md"), markdown_table(summary))
+        # Written after every checkpoint, so that a later one that fails to load loses none of this one's results;
+        # merged into the file as it is now, under a lock, since another evaluation into the same --out-dir (two
+        # run.sh side by side) may have written its own entries since this one started.
+        with open(summary_path + ".lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            summary = read_summary(summary_path) if os.path.exists(summary_path) else {}
+            entry = summary.setdefault(label, {"tasks": {}})
+            entry["tasks"].update(results)
+            entry.update({"ckpt": os.path.abspath(ckpt), "weights": weights, "stage": meta.get("stage"),
+                          "peak_memory_gb": peak_memory_gb(args.device),
+                          "tokens_per_s": generated / seconds if seconds else entry.get("tokens_per_s")})
+            write_text(summary_path, json.dumps(summary, indent=1) + "\n")
+            write_text(os.path.join(args.out_dir, "summary.md"), markdown_table(summary))
     print(markdown_table(summary))
 
 

@@ -63,6 +63,25 @@ def test_cli_end_to_end_and_resume(setup, capsys):
         run_cli(tmp, "--max-new-tokens", "5")
 
 
+def test_summary_keeps_what_another_evaluation_wrote_meanwhile(setup, monkeypatch, tmp_path):
+    """Two evaluations into one --out-dir (two run.sh side by side): the entries the other one writes while this
+    one generates are merged, not overwritten by the summary this one read at its start."""
+    tmp, _, _, _ = setup
+    out = tmp_path / "out"
+    other = {"other": {"tasks": {"synthetic": {"n_problems": 1, "accuracy": 1.0}}}}
+
+    def evaluate_task_while_another_writes(*args, **kwargs):
+        (out / "summary.json").write_text(json.dumps(other))
+        return real_evaluate_task(*args, **kwargs)
+
+    real_evaluate_task = evaluate.evaluate_task
+    monkeypatch.setattr(evaluate, "evaluate_task", evaluate_task_while_another_writes)
+    run_cli(tmp, "--limit", "2", "--out-dir", str(out))
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary) == {"other", "tiny"}
+    assert summary["tiny"]["tasks"]["synthetic"]["n_problems"] == 2
+
+
 def test_cli_window_override_few_shot_and_bad_args(setup):
     tmp = setup[0]
     run_cli(tmp, "--window", "none", "--sinks", "0", "--few-shot", "2", "--limit", "2")
